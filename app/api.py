@@ -1,0 +1,205 @@
+"""The JSON API under /api/v1 (token auth; errors as application/problem+json)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, redirect, request, send_file
+
+from app import jobs
+from app.auth import services, token_required
+from qhybrid.errors import InvalidInput, NotFound
+from storage import keys
+from tasks import defaults as d
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+def celery() -> Any:
+    return current_app.extensions["qhybrid.celery"]
+
+
+def _json_body() -> Any:
+    if not request.is_json:
+        raise InvalidInput("send a JSON body with Content-Type: application/json", field="body")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise InvalidInput("the body is not valid JSON", field="body")
+    return body
+
+
+def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a whole number", field=name) from None
+    if not lo <= value <= hi:
+        raise InvalidInput(f"{name} must be from {lo} to {hi}", field=name)
+    return value
+
+
+def _float_arg(name: str, default: float, lo: float, hi: float) -> float:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a number of seconds", field=name) from None
+    if not lo <= value <= hi:
+        raise InvalidInput(f"{name} must be from {lo:g} to {hi:g}", field=name)
+    return value
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return send_file(Path(__file__).with_name("openapi.json"), mimetype="application/json")
+
+
+# --- programs -----------------------------------------------------------------------------
+@bp.post("/programs")
+@token_required
+def upload_program() -> tuple[Response, int]:
+    form = request.form
+    source = request.files.get("source")
+    if source is None:
+        raise InvalidInput("attach the working directory (tar) or a .py file as 'source'",
+                           field="source")
+    resources: Any = None
+    if form.get("resources"):
+        try:
+            resources = json.loads(form["resources"])
+        except ValueError:
+            resources = form["resources"]
+    rec = jobs.save_program(services(), g.user, title=form.get("title", ""),
+                            entrypoint=form.get("entrypoint"), source=source.stream,
+                            filename=source.filename or "", resources=resources,
+                            device=form.get("device") or None)
+    return jsonify(jobs.program_json(rec)), 201
+
+
+@bp.get("/programs")
+@token_required
+def list_programs() -> Response:
+    return jsonify({"programs": [jobs.program_json(p)
+                                 for p in services().registry.list_programs(g.user)]})
+
+
+@bp.get("/programs/<title>")
+@token_required
+def get_program(title: str) -> Response:
+    return jsonify(jobs.program_json(services().registry.get_program(g.user, title)))
+
+
+@bp.post("/programs/<title>/run")
+@token_required
+def run_program(title: str) -> tuple[Response, int]:
+    job = jobs.run_program(services(), celery(), g.user, title, _json_body())
+    return jsonify(jobs.job_json(services(), job)), 201
+
+
+# --- jobs ---------------------------------------------------------------------------------
+@bp.get("/jobs")
+@token_required
+def list_jobs() -> Response:
+    status = request.args.get("status") or None
+    if status and status.split(":")[0] not in d.ALL_STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(d.ALL_STATUSES)} "
+                           "(or RUNNING: <sub-status>)", field="status")
+    created_after = request.args.get("created_after")
+    after = jobs.parse_time(created_after, "created_after") if created_after else None
+    limit = _int_arg("limit", 50, 1, 1000)
+    offset = _int_arg("offset", 0, 0, 10**9)
+    page, total = services().registry.list_jobs(
+        g.user, status=status, program=request.args.get("program") or None,
+        created_after=after, limit=limit, offset=offset, kind=request.args.get("kind") or None)
+    svc = services()
+    return jsonify({"jobs": [jobs.job_json(svc, j, events=False) for j in page],
+                    "total": total, "limit": limit, "offset": offset})
+
+
+@bp.get("/jobs/<job_id>")
+@token_required
+def get_job(job_id: str) -> Response:
+    svc = services()
+    return jsonify(jobs.job_json(svc, svc.registry.get_job(job_id, g.user)))
+
+
+@bp.get("/jobs/<job_id>/wait")
+@token_required
+def wait_job(job_id: str) -> Response:
+    """Long-poll: answers when the job ends or after `timeout` seconds, whichever is first."""
+    timeout = _float_arg("timeout", 30.0, 0.0, d.LONG_POLL_MAX_S)
+    svc = services()
+    job = svc.registry.wait_for(job_id, g.user, timeout)
+    return jsonify(jobs.job_json(svc, job))
+
+
+@bp.get("/jobs/<job_id>/result")
+@token_required
+def job_result(job_id: str) -> Response:
+    """200 with the result once DONE; 202 while it runs (after waiting up to `wait` s)."""
+    wait = _float_arg("wait", 0.0, 0.0, d.LONG_POLL_MAX_S)
+    svc = services()
+    job = svc.registry.wait_for(job_id, g.user, wait) if wait else svc.registry.get_job(job_id, g.user)
+    if job["status"] not in d.TERMINAL_STATUSES:
+        return Response(json.dumps(jobs.job_json(svc, job, events=False)), status=202,
+                        mimetype="application/json")
+    text = jobs.result_text(svc, job)
+    return Response('{"job_id":%s,"result":%s}' % (json.dumps(job["id"]), text),
+                    mimetype="application/json")
+
+
+@bp.get("/jobs/<job_id>/logs")
+@token_required
+def job_logs(job_id: str) -> Response:
+    """Log text from byte `offset`; with `wait`, blocks until there is more or the job ends."""
+    offset = _int_arg("offset", 0, 0, 2**62)
+    wait = _float_arg("wait", 0.0, 0.0, d.LONG_POLL_MAX_S)
+    svc = services()
+    job = svc.registry.get_job(job_id, g.user)
+    text, next_offset = jobs.read_logs(svc, job, offset)
+    if not text and wait and job["status"] not in d.TERMINAL_STATUSES:
+        deadline = time.monotonic() + wait
+        with svc.registry.subscription(job_id) as pubsub:
+            while time.monotonic() < deadline:
+                job = svc.registry.get_job(job_id, g.user)
+                text, next_offset = jobs.read_logs(svc, job, offset)
+                if text or job["status"] in d.TERMINAL_STATUSES:
+                    break
+                pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+    complete = job["status"] in d.TERMINAL_STATUSES and not text
+    if job["status"] in d.TERMINAL_STATUSES and text:
+        _, after = jobs.read_logs(svc, job, next_offset)
+        complete = after == next_offset
+    return jsonify({"logs": text, "offset": offset, "next_offset": next_offset,
+                    "complete": complete, "status": job["status"]})
+
+
+@bp.post("/jobs/<job_id>/cancel")
+@token_required
+def cancel_job(job_id: str) -> Response:
+    svc = services()
+    return jsonify(jobs.job_json(svc, jobs.cancel_job(svc, g.user, job_id)))
+
+
+@bp.get("/jobs/<job_id>/model")
+@token_required
+def job_model(job_id: str) -> Any:
+    """The job's results directory as model.tar.gz."""
+    svc = services()
+    job = svc.registry.get_job(job_id, g.user)
+    key = keys.job_model(job["prefix"])
+    if not svc.store.exists(key):
+        raise NotFound(f"job {job_id} has no model.tar.gz yet ({job['status']})")
+    url = svc.store.presigned_url(key)
+    if url:
+        return redirect(url, code=302)
+    return send_file(svc.store.open(key), mimetype="application/gzip", as_attachment=True,
+                     download_name=f"{job.get('job_name') or job_id}-model.tar.gz")

@@ -1,0 +1,46 @@
+"""Bearer-token authentication: every API call names its user by a token stored hashed."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import current_app, g, request, session
+
+from qhybrid.errors import Unauthorized
+from tasks.services import Services
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def services() -> Services:
+    return current_app.extensions["qhybrid"]  # type: ignore[no-any-return]
+
+
+def user_from_request() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return services().registry.user_for_token(header[7:].strip())
+    return None
+
+
+def token_required(view: F) -> F:
+    """The API's guard: a valid `Authorization: Bearer <token>` or 401."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        user = user_from_request()
+        if not user:
+            raise Unauthorized("send Authorization: Bearer <token>; "
+                               "`qhybrid user create NAME` makes one")
+        g.user = user
+        return view(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
+
+
+def session_user() -> str | None:
+    """The user of a logged-in browser session, if its token is still valid."""
+    token = session.get("token")
+    return services().registry.user_for_token(token) if token else None

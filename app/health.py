@@ -1,0 +1,56 @@
+"""`/healthz`: is Redis reachable, is storage reachable, does every queue have a worker."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from app.auth import services
+from tasks import defaults as d
+from tasks.queues import jobs_queue
+
+bp = Blueprint("health", __name__)
+
+
+def workers_by_queue(r: Any) -> dict[str, list[str]]:
+    """Live workers (from their presence keys) grouped by the queues they consume."""
+    out: dict[str, list[str]] = {}
+    keys = list(r.scan_iter(match=d.WORKER_KEY.format(name="*"), count=500))
+    for raw in r.mget(keys) if keys else []:
+        if not raw:
+            continue
+        info = json.loads(raw)
+        for q in info.get("queues", []):
+            out.setdefault(q, []).append(info["name"])
+    return out
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    svc = services()
+    body: dict[str, Any] = {}
+    try:
+        svc.registry.r.ping()
+        body["redis"] = "ok"
+    except Exception as exc:
+        body["redis"] = f"unreachable: {exc}"
+    try:
+        svc.store.check()
+        body["storage"] = "ok"
+    except Exception as exc:
+        body["storage"] = f"unreachable: {exc}"
+    queues: dict[str, Any] = {}
+    if body["redis"] == "ok":
+        live = workers_by_queue(svc.registry.r)
+        for name in svc.classes:
+            q = jobs_queue(name)
+            queues[q] = live.get(q, [])
+        for q, names in live.items():
+            queues.setdefault(q, names)
+    body["queues"] = queues
+    missing = sorted(q for q, names in queues.items() if not names)
+    body["queues_without_worker"] = missing
+    body["ok"] = body["redis"] == "ok" and body["storage"] == "ok" and not missing
+    return jsonify(body), 200 if body["ok"] else 503

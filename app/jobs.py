@@ -1,0 +1,271 @@
+"""What the API and the pages both do: store programs, submit and cancel jobs, read outputs.
+
+Everything is validated before anything is written, so bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from celery import Celery
+
+from qhybrid import codec
+from qhybrid.errors import (
+    Conflict,
+    InvalidInput,
+    JobCanceled,
+    JobFailed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from storage import keys
+from storage.tarsafe import is_tar, safe_extract
+from tasks import defaults as d
+from tasks.jobs import enqueue_job
+from tasks.queues import jobs_queue
+from tasks.registry import display_status
+from tasks.resources import pick_class
+from tasks.services import Services
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str, field: str) -> float:
+    """An ISO 8601 time or epoch seconds."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"{value!r} is neither ISO 8601 nor epoch seconds", field=field) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+# --- programs -----------------------------------------------------------------------------
+def check_title(title: str, field: str = "title") -> str:
+    if not isinstance(title, str) or not re.match(d.TITLE_PATTERN, title):
+        raise InvalidInput("a title is 1-64 letters, digits, '.', '_' or '-', starting with a "
+                           "letter or digit", field=field)
+    return title
+
+
+def check_entrypoint(entrypoint: str) -> str:
+    p = Path(entrypoint or "")
+    if not entrypoint or p.is_absolute() or ".." in p.parts or p.suffix != ".py":
+        raise InvalidInput("entrypoint must be a relative path to a .py file inside the working "
+                           "directory", field="entrypoint")
+    return p.as_posix()
+
+
+def save_program(svc: Services, user: str, *, title: str, entrypoint: str | None,
+                 source: IO[bytes], filename: str, resources: Any = None,
+                 device: str | None = None) -> dict[str, Any]:
+    """Validate an uploaded working directory (a tar) or single .py file, then store it."""
+    check_title(title)
+    if resources is not None:
+        pick_class(resources, svc.classes)
+    limit = svc.settings.max_program_bytes
+    with tempfile.TemporaryDirectory() as tmp:
+        upload = Path(tmp) / "upload"
+        size = _spool(source, upload, limit)
+        head = upload.read_bytes()[:4096] if size else b""
+        archive = Path(tmp) / "source.tar.gz"
+        if is_tar(head):
+            check_entrypoint(entrypoint or "")
+            try:
+                members = safe_extract(upload, Path(tmp) / "check")
+            except tarfile.TarError as exc:
+                raise InvalidInput(f"the source is not a readable tar: {exc}", field="source") from None
+            if entrypoint not in {Path(m).as_posix() for m in members}:
+                raise InvalidInput(f"entrypoint {entrypoint!r} is not in the uploaded working "
+                                   "directory", field="entrypoint")
+            archive = upload
+        elif filename.endswith(".py"):
+            try:
+                compile(upload.read_bytes(), filename, "exec")
+            except (SyntaxError, ValueError) as exc:
+                raise InvalidInput(f"{filename} is not valid Python: {exc}", field="source") from None
+            name = Path(filename).name
+            entrypoint = check_entrypoint(entrypoint or name)
+            with tarfile.open(archive, "w:gz") as tar:
+                tar.add(upload, arcname=entrypoint)
+        else:
+            raise UnsupportedMediaType("source must be a tar (plain or gzip) of the working "
+                                       "directory, or a single .py file", field="source")
+        record = {"title": title, "entrypoint": entrypoint, "created": time.time(),
+                  "resources": resources, "device": device or "", "size": size}
+        svc.store.put_file(keys.program_source(user, title), archive)
+    svc.registry.save_program(user, record)
+    return record
+
+
+def _spool(source: IO[bytes], dest: Path, limit: int) -> int:
+    size = 0
+    with open(dest, "wb") as out:
+        while chunk := source.read(1024 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the program is larger than {limit} bytes", field="source")
+            out.write(chunk)
+    if size == 0:
+        raise InvalidInput("the uploaded source is empty", field="source")
+    return size
+
+
+def program_json(rec: dict[str, Any]) -> dict[str, Any]:
+    return {"title": rec["title"], "entrypoint": rec["entrypoint"],
+            "resources": rec.get("resources"), "device": rec.get("device"),
+            "size": rec.get("size"), "created": iso(rec.get("created"))}
+
+
+# --- jobs ---------------------------------------------------------------------------------
+def run_program(svc: Services, celery: Celery, user: str, title: str,
+                body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a run request completely, store its inputs, record the job, send one message."""
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", field="body")
+    unknown = set(body) - {"arguments", "resources", "max_runtime", "device"}
+    if unknown:
+        raise InvalidInput(f"unknown fields: {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
+    program = svc.registry.get_program(user, check_title(title))
+    arguments = body.get("arguments", {})
+    if not isinstance(arguments, dict):
+        raise InvalidInput("arguments must be a JSON object", field="arguments")
+    codec.validate(arguments, path="arguments")
+    encoded = json.dumps(arguments, separators=(",", ":"), allow_nan=False)
+    if len(encoded) > d.MAX_ARGUMENTS_BYTES:
+        raise PayloadTooLarge(f"arguments are larger than {d.MAX_ARGUMENTS_BYTES} bytes",
+                              field="arguments")
+    rc = pick_class(body.get("resources", program.get("resources")), svc.classes)
+    max_runtime = check_max_runtime(svc, body.get("max_runtime"))
+    device = body.get("device") or program.get("device") or None
+    if device is not None and not isinstance(device, str):
+        raise InvalidInput("device must be a device name", field="device")
+
+    job_id = svc.registry.new_job_id()
+    created = time.time()
+    timestamp = f"{int(created * 1000)}-{job_id[:8]}"
+    prefix = keys.job_prefix(user, title, timestamp)
+    svc.store.copy(keys.program_source(user, title), keys.job_script(prefix))
+    svc.store.put_bytes(keys.job_arguments(prefix), encoded.encode())
+    record = {"id": job_id, "user": user, "kind": "program", "program": title,
+              "job_name": title, "timestamp": timestamp, "prefix": prefix,
+              "entrypoint": program["entrypoint"], "resource_class": rc.name,
+              "queue": jobs_queue(rc.name), "max_runtime": max_runtime, "created": created,
+              "device": device or ""}
+    svc.registry.create_job(record)
+    enqueue_job(celery, job_id, 1, rc.name)
+    return svc.registry.get_job(job_id)
+
+
+def check_max_runtime(svc: Services, value: Any) -> int:
+    if value is None:
+        return svc.settings.max_runtime_s
+    top = svc.settings.server_max_runtime_s
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        raise InvalidInput(f"max_runtime is a whole number of seconds from 1 to {top}",
+                           field="max_runtime")
+    return value
+
+
+def job_json(svc: Services, job: dict[str, Any], *, events: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "job_id": job["id"],
+        "kind": job.get("kind"),
+        "program": job.get("program"),
+        "job_name": job.get("job_name"),
+        "status": display_status(job["status"], job.get("sub_status")),
+        "state": job["status"],
+        "sub_status": job.get("sub_status"),
+        "resource_class": job.get("resource_class"),
+        "queue": job.get("queue"),
+        "device": job.get("device"),
+        "attempt": job.get("attempt"),
+        "worker": job.get("worker"),
+        "created": iso(job.get("created")),
+        "started": iso(job.get("started")),
+        "ended": iso(job.get("ended")),
+        "max_runtime": job.get("max_runtime"),
+        "error": job.get("error") or None,
+        "has_result": job.get("has_result") == "1",
+    }
+    if events:
+        out["events"] = [{**e, "at": iso(e["at"])} for e in svc.registry.events(job["id"])]
+    if job["status"] == d.QUEUED:
+        from app.health import workers_by_queue
+
+        if not workers_by_queue(svc.registry.r).get(job.get("queue") or ""):
+            out["waiting_for"] = f"no worker consumes {job.get('queue')}"
+    return out
+
+
+def cancel_job(svc: Services, user: str, job_id: str) -> dict[str, Any]:
+    """A queued job never starts; a running one is killed by its supervisor within a second."""
+    reg = svc.registry
+    job = reg.get_job(job_id, user)
+    if reg.transition(job_id, d.CANCELED, allowed=[d.QUEUED], ended=time.time(),
+                      detail="canceled before it started"):
+        return reg.get_job(job_id)
+    if reg.transition(job_id, d.CANCELING, allowed=[d.INITIALIZING, d.RUNNING]):
+        return reg.get_job(job_id)
+    job = reg.get_job(job_id, user)
+    if job["status"] in (d.CANCELING, d.CANCELED):
+        return job
+    raise Conflict(f"job {job_id} already ended ({job['status']})", state=job["status"])
+
+
+def result_text(svc: Services, job: dict[str, Any]) -> str:
+    """The saved result as encoded JSON text (`null` when the job saved none)."""
+    if job["status"] == d.ERROR:
+        raise JobFailed(job.get("error") or "the job failed", job_id=job["id"])
+    if job["status"] == d.CANCELED:
+        raise JobCanceled(f"job {job['id']} was canceled", job_id=job["id"])
+    if job["status"] != d.DONE:
+        raise Conflict(f"job {job['id']} has not finished ({job['status']})")
+    try:
+        return svc.store.get_bytes(keys.job_result(job["prefix"])).decode()
+    except NotFound:
+        return "null"
+
+
+def read_logs(svc: Services, job: dict[str, Any], offset: int) -> tuple[str, int]:
+    """Log text from byte `offset` and the offset to ask for next."""
+    raw = svc.registry.read_log(job["id"], offset)
+    if raw is None:
+        if job["status"] in d.TERMINAL_STATUSES:
+            try:
+                raw = svc.store.get_bytes(keys.job_logs(job["prefix"]))[offset:]
+            except NotFound:
+                raw = b""
+        else:
+            raw = b""
+    raw = _whole_utf8(raw)
+    return raw.decode("utf-8", errors="replace"), offset + len(raw)
+
+
+def _whole_utf8(raw: bytes) -> bytes:
+    """Drop a multi-byte character cut at the end; the next read starts with it whole."""
+    for cut in range(0, min(4, len(raw) + 1)):
+        chunk = raw[: len(raw) - cut] if cut else raw
+        try:
+            chunk.decode("utf-8")
+            return chunk
+        except UnicodeDecodeError:
+            continue
+    return raw

@@ -1,0 +1,227 @@
+"""`qhybrid up`: every process of the service on one machine, on embedded defaults.
+
+Embedded Redis (persisted with AOF under the data directory) unless QHYBRID_REDIS_URL is set,
+local-directory storage unless QHYBRID_STORAGE_URL is set, the web app, and one Celery worker
+per resource class. The same processes are named in the Procfile.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from qhybrid import config
+from tasks.queues import jobs_queue
+from tasks.redis_client import connect, redis_server_binary
+from tasks.registry import Registry
+from tasks.resources import load_classes
+from tasks.settings import Settings
+
+LOCAL_USER = "local"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the embedded redis-server, persisted with AOF under `data_dir/redis`."""
+    rdir = data_dir / "redis"
+    rdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir),
+         "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+         "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning",
+         "--logfile", str(rdir / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    r = connect(url)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if r.ping():
+                break
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start; see {rdir / 'redis.log'}") from None
+            time.sleep(0.05)
+    # AOF loading: wait until the data set is ready
+    while r.info("persistence").get("loading"):
+        time.sleep(0.05)
+    (rdir / "url").write_text(url)   # so `qhybrid user create` finds it
+    return proc, url
+
+
+@dataclass
+class Service:
+    """The processes of one running service."""
+
+    host: str
+    port: int
+    env: dict[str, str]
+    classes: list[str]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    log_dir: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        out: int | object = subprocess.DEVNULL
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child
+        self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def start_web(self) -> None:
+        self._spawn("web", web_command(self.host, self.port))
+
+    def start_workers(self) -> None:
+        for cls in self.classes:
+            self._spawn(f"worker-{cls}", worker_command(cls))
+
+    def wait_ready(self, timeout: float = 60.0) -> dict[str, object]:
+        """Block until /healthz says Redis, storage and every queue have what they need."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with code {proc.returncode}"
+                                       + (f"; see {self.log_dir}/{name}.log" if self.log_dir else ""))
+            try:
+                resp = requests.get(self.url + "/healthz", timeout=2)
+                last = resp.json()
+                queues = last.get("queues", {})
+                if isinstance(queues, dict) and all(queues.get(jobs_queue(c)) for c in self.classes) \
+                        and last.get("redis") == "ok" and last.get("storage") == "ok":
+                    return last
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"the service did not become ready in {timeout} s: {last}")
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop every process this service started (workers' running jobs are run again later)."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def web_command(host: str, port: int) -> list[str]:
+    # Threads, not processes: long-polls hold a thread each while they wait.
+    return [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "64",
+            "--workers", "1", "--bind", f"{host}:{port}", "--timeout", "120",
+            "--graceful-timeout", "3", "--access-logfile", "-", "app:create_app()"]
+
+
+def worker_command(resource_class: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker",
+            "--queues", jobs_queue(resource_class), "--hostname", f"{resource_class}@%h",
+            "--pool", "threads", "--concurrency", str(_slots(resource_class)),
+            "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+
+
+def _slots(resource_class: str) -> int:
+    classes = load_classes(Settings.from_env().resource_classes_path)
+    rc = classes.get(resource_class)
+    return rc.slots() if rc else 1
+
+
+def ensure_local_user(settings: Settings, url: str) -> str:
+    """The local user's token: kept if still valid, else a new one, written for Client()."""
+    reg = Registry(connect(settings.redis_url))
+    stored = config.load()
+    token = stored.get("token", "")
+    if token and reg.user_for_token(token) == LOCAL_USER:
+        if stored.get("url") != url:
+            config.save(url, token)
+        return token
+    token = reg.create_user(LOCAL_USER)
+    config.save(url, token)
+    return token
+
+
+def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
+       classes: list[str] | None = None, log=print) -> None:  # type: ignore[assignment]
+    """Run the whole service until Ctrl-C; then stop every process it started."""
+    env = dict(os.environ)
+    if data_dir is not None:
+        env["QHYBRID_DATA_DIR"] = str(Path(data_dir).expanduser().resolve())
+    settings = Settings.from_env(env)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    env["QHYBRID_DATA_DIR"] = str(settings.data_dir)
+    redis_proc = None
+    if not env.get("QHYBRID_REDIS_URL"):
+        redis_proc, env["QHYBRID_REDIS_URL"] = start_redis(settings.data_dir)
+    env.setdefault("QHYBRID_STORAGE_URL", settings.storage_url)
+    settings = Settings.from_env(env)
+    all_classes = list(load_classes(settings.resource_classes_path))
+    service = Service(host=host, port=port, env=env, classes=classes or all_classes,
+                      log_dir=settings.data_dir / "logs")
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        token = ensure_local_user(settings, service.url)
+        service.start_web()
+        service.start_workers()
+        service.wait_ready(timeout=120)
+        log(f"qhybrid is up at {service.url}")
+        log(f"  token of user '{LOCAL_USER}': {token}  (written to {config.config_path()})")
+        log(f"  data: {settings.data_dir}   storage: {settings.storage_url}")
+        log(f"  workers: {', '.join(jobs_queue(c) for c in service.classes)}   Ctrl-C stops it")
+        while not stopping:
+            for name, proc in list(service.procs.items()):
+                if proc.poll() is not None:
+                    log(f"{name} exited ({proc.returncode}); stopping")
+                    stopping = True
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        log("stopping ...")
+        service.stop()
+        if redis_proc is not None:
+            (settings.data_dir / "redis" / "url").unlink(missing_ok=True)
+            try:
+                connect(env["QHYBRID_REDIS_URL"]).shutdown(save=False)
+            except Exception:
+                pass
+            try:
+                redis_proc.wait(10)
+            except subprocess.TimeoutExpired:
+                redis_proc.kill()
+        log("stopped")

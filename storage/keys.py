@@ -1,0 +1,89 @@
+"""The storage key layout (see DESIGN.md, "Storage layout"), defined once.
+
+Every name that goes into a key must be one path segment, so a user-chosen title, file or
+channel name can never reach another user's keys.
+"""
+
+from __future__ import annotations
+
+from qhybrid.errors import InvalidInput
+
+from .store import TMP_PREFIX
+
+
+def _seg(value: str, what: str) -> str:
+    """Return value if it is a single, safe key segment."""
+    if (
+        not isinstance(value, str)
+        or value in ("", ".", "..")
+        or "/" in value
+        or "\\" in value
+        or "\x00" in value
+        or value.startswith(TMP_PREFIX)
+    ):
+        raise InvalidInput(f"{what} must be one path segment, got {value!r}", field=what)
+    return value
+
+
+def _prefix(prefix: str) -> str:
+    return prefix.rstrip("/")
+
+
+def user_prefix(user: str) -> str:
+    """`users/<user>`: everything a user owns."""
+    return f"users/{_seg(user, 'user')}"
+
+
+def program_source(user: str, title: str) -> str:
+    """`users/<user>/programs/<title>/source.tar.gz`: an uploaded program."""
+    return f"{user_prefix(user)}/programs/{_seg(title, 'title')}/source.tar.gz"
+
+
+def user_data_prefix(user: str) -> str:
+    """`users/<user>/data/`: the user's flat file store."""
+    return f"{user_prefix(user)}/data/"
+
+
+def user_data(user: str, file: str) -> str:
+    """`users/<user>/data/<file>`: one file of the user's flat file store."""
+    return user_data_prefix(user) + _seg(file, "file")
+
+
+def job_prefix(user: str, job_name: str, timestamp: str) -> str:
+    """`users/<user>/jobs/<job_name>/<timestamp>`: the root of one job run."""
+    return f"{user_prefix(user)}/jobs/{_seg(job_name, 'job_name')}/{_seg(timestamp, 'timestamp')}"
+
+
+def job_script(prefix: str) -> str:
+    """`<prefix>/script/source.tar.gz`: the job's code."""
+    return f"{_prefix(prefix)}/script/source.tar.gz"
+
+
+def job_arguments(prefix: str) -> str:
+    """`<prefix>/script/arguments.json`: the job's arguments / hyperparameters."""
+    return f"{_prefix(prefix)}/script/arguments.json"
+
+
+def job_data(prefix: str, channel: str) -> str:
+    """`<prefix>/data/<channel>/`: one input data channel (a prefix)."""
+    return f"{_prefix(prefix)}/data/{_seg(channel, 'channel')}/"
+
+
+def job_checkpoints(prefix: str) -> str:
+    """`<prefix>/checkpoints/`: the job's checkpoints (a prefix)."""
+    return f"{_prefix(prefix)}/checkpoints/"
+
+
+def job_model(prefix: str) -> str:
+    """`<prefix>/output/model.tar.gz`: the packed results directory."""
+    return f"{_prefix(prefix)}/output/model.tar.gz"
+
+
+def job_result(prefix: str) -> str:
+    """`<prefix>/output/result.json`: what the job passed to save_result()."""
+    return f"{_prefix(prefix)}/output/result.json"
+
+
+def job_logs(prefix: str) -> str:
+    """`<prefix>/output/logs.txt`: the job's stdout and stderr."""
+    return f"{_prefix(prefix)}/output/logs.txt"

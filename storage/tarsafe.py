@@ -1,0 +1,208 @@
+"""Packing directories into tars and unpacking user tars without letting them escape.
+
+Every tar that comes from a user is unpacked by `safe_extract`: all members are checked first
+(no absolute paths, no '..', no links out, no devices), then tarfile extracts them with its
+"data" filter as a second line of defence. `is_tar` / `is_hdf5` sniff a file's first bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip as gzip_mod
+import lzma
+import os
+import shutil
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from qhybrid.errors import InvalidInput, PayloadTooLarge
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+SKIP_NAMES = {"__pycache__"}
+
+
+class _LimitedWriter:
+    """Counts bytes on their way to `out` and stops the packing once max_bytes is exceeded."""
+
+    def __init__(self, out: BinaryIO, max_bytes: int | None) -> None:
+        self._out = out
+        self._max = max_bytes
+        self._failed = False
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        if self._failed:  # the tar/gzip trailer written while unwinding goes nowhere
+            return len(data)
+        self.count += len(data)
+        if self._max is not None and self.count > self._max:
+            self._failed = True
+            raise PayloadTooLarge(f"archive exceeds the limit of {self._max} bytes")
+        return self._out.write(data)
+
+    def tell(self) -> int:
+        return self.count
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+def _clean(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """tar.add filter: skip caches and drop the packing machine's owner names."""
+    if Path(info.name).name in SKIP_NAMES:
+        return None
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _pack(src_dir: Path, out: BinaryIO, gzip: bool, max_bytes: int | None) -> int:
+    writer = _LimitedWriter(out, max_bytes)
+    fileobj = cast(BinaryIO, writer)
+    if gzip:
+        tar = tarfile.open(fileobj=fileobj, mode="w:gz", compresslevel=6)
+    else:
+        tar = tarfile.open(fileobj=fileobj, mode="w")
+    with tar:
+        for entry in sorted(src_dir.iterdir()):
+            tar.add(entry, arcname=entry.name, filter=_clean)
+    return writer.count
+
+
+def pack_dir(
+    src_dir: Path, dest: Path | BinaryIO, *, gzip: bool = True, max_bytes: int | None = None
+) -> int:
+    """Pack the contents of src_dir (names relative to it) into dest; return the archive size.
+
+    Raises PayloadTooLarge as soon as the archive grows past max_bytes; a file dest is removed.
+    """
+    src_dir = Path(src_dir)
+    if not src_dir.is_dir():
+        raise NotADirectoryError(f"{src_dir} is not a directory")
+    if not isinstance(dest, str | os.PathLike):
+        return _pack(src_dir, dest, gzip, max_bytes)
+    path = Path(dest)
+    try:
+        with open(path, "wb") as out:
+            return _pack(src_dir, out, gzip, max_bytes)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _walk(start: list[str], rel: str, links: set[str]) -> list[str] | None:
+    """Resolve rel from start lexically; None if it climbs above the root or goes through a link.
+
+    Refusing to go *through* a symlink member keeps the lexical answer equal to the real one.
+    """
+    out = list(start)
+    for seg in rel.split("/"):
+        if seg in ("", "."):
+            continue
+        if out and "/".join(out) in links:
+            return None
+        if seg == "..":
+            if not out:
+                return None
+            out.pop()
+        else:
+            out.append(seg)
+    return out
+
+
+def _check(member: tarfile.TarInfo, links: set[str]) -> str:
+    """Return the member's normalised name, or raise InvalidInput saying what is wrong."""
+
+    def refuse(why: str) -> InvalidInput:
+        return InvalidInput(f"refusing tar member {member.name!r}: {why}", member=member.name)
+
+    name = member.name
+    if name.startswith("/"):
+        raise refuse("absolute path")
+    if ".." in name.split("/"):
+        raise refuse("path contains '..'")
+    if "\x00" in name:
+        raise refuse("NUL in name")
+    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+        raise refuse("device, fifo or other special file")
+    parts = _walk([], name, links)
+    if parts is None:
+        raise refuse("path goes through a symlink")
+    if member.issym() or member.islnk():
+        target = member.linkname
+        if not target or target.startswith("/"):
+            raise refuse(f"link to absolute or empty path {target!r}")
+        # a symlink is relative to its own directory, a hardlink to the archive root
+        start = parts[:-1] if member.issym() else []
+        if _walk(start, target, links) is None:
+            raise refuse(f"link {target!r} points outside the destination or through a link")
+    return "/".join(parts)
+
+
+def _seekable(src: BinaryIO, stack: contextlib.ExitStack) -> BinaryIO:
+    """tarfile needs to seek (two passes, gzip); spool a non-seekable stream to a temp file."""
+    seekable = getattr(src, "seekable", None)
+    if seekable is not None and seekable():
+        return src
+    spool = cast(BinaryIO, stack.enter_context(tempfile.TemporaryFile()))
+    shutil.copyfileobj(src, spool, 1024 * 1024)
+    spool.seek(0)
+    return spool
+
+
+_CORRUPT = (tarfile.TarError, EOFError, zlib.error, gzip_mod.BadGzipFile, lzma.LZMAError)
+
+
+def safe_extract(src: Path | BinaryIO, dest: Path, *, max_bytes: int | None = None) -> list[str]:
+    """Unpack a plain or compressed tar into dest after checking every member.
+
+    Returns the members' normalised relative names. Raises InvalidInput (naming the member)
+    before anything is written if any member is unsafe, and PayloadTooLarge if the files
+    would total more than max_bytes.
+    """
+    dest = Path(dest)
+    with contextlib.ExitStack() as stack:
+        if isinstance(src, str | os.PathLike):
+            fileobj = cast(BinaryIO, stack.enter_context(open(src, "rb")))
+        else:
+            fileobj = _seekable(src, stack)
+        try:
+            tar = stack.enter_context(tarfile.open(fileobj=fileobj, mode="r:*"))
+            members = tar.getmembers()
+        except _CORRUPT as exc:
+            raise InvalidInput(f"not a valid tar archive: {exc}") from exc
+        links = {"/".join(_walk([], m.name, set()) or []) for m in members if m.issym()}
+        names = [_check(m, links) for m in members]
+        total = sum(m.size for m in members if m.isreg())
+        if max_bytes is not None and total > max_bytes:
+            raise PayloadTooLarge(f"archive unpacks to {total} bytes, limit {max_bytes}")
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            tar.extractall(dest, members=members, filter="data")
+        except tarfile.FilterError as exc:  # e.g. a symlink already present in dest
+            raise InvalidInput(f"refusing tar archive: {exc}") from exc
+        except _CORRUPT as exc:
+            raise InvalidInput(f"corrupt tar archive: {exc}") from exc
+    return [n for n in names if n]
+
+
+def is_tar(head: bytes) -> bool:
+    """Whether the first bytes (1 KiB or more) are a tar, plain or gzip-compressed."""
+    if head[:2] == b"\x1f\x8b":
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 512)
+        except zlib.error:
+            return False
+    return head[257:262] == b"ustar"
+
+
+def is_hdf5(head: bytes) -> bool:
+    """Whether the first bytes hold the HDF5 signature (at 0, 512, 1024, 2048, ...)."""
+    offset = 0
+    while offset + len(HDF5_SIGNATURE) <= len(head):
+        if head[offset:offset + len(HDF5_SIGNATURE)] == HDF5_SIGNATURE:
+            return True
+        offset = 512 if offset == 0 else offset * 2
+    return False

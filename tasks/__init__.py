@@ -1,0 +1,1 @@
+"""Celery app, queues, job registry, supervisor: the work side of qhybrid."""

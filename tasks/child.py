@@ -1,0 +1,114 @@
+"""What runs inside a job's child process: limits first, then the user's code.
+
+The child is forked from a warm parent that already imported qiskit, so a job does not pay
+for the import. Nothing here may touch Redis or storage: the child has no credentials.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import os
+import resource
+import runpy
+import signal
+import sys
+import traceback
+from dataclasses import dataclass, field
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class ChildSpec:
+    cwd: str
+    argv: list[str]                 # argv[0] is the entrypoint script
+    env: dict[str, str]
+    log_path: str
+    error_path: str
+    sys_path: list[str] = field(default_factory=list)
+    cpus: list[int] = field(default_factory=list)
+    mem_bytes: int = 0
+    tail_lines: int = 15
+
+
+def _die_with_parent() -> None:
+    """Be killed when the warm parent dies (it dies with the worker): no orphaned user code."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _apply_limits(spec: ChildSpec) -> None:
+    if spec.cpus:
+        try:
+            os.sched_setaffinity(0, spec.cpus)
+        except OSError:
+            pass
+    if spec.mem_bytes:
+        # RLIMIT_DATA counts heap and private mappings (what user code allocates), not the
+        # shared libraries inherited from the warm parent.
+        resource.setrlimit(resource.RLIMIT_DATA, (spec.mem_bytes, spec.mem_bytes))
+
+
+def _redirect_output(log_path: str) -> None:
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True,
+                                  write_through=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True,
+                                  write_through=True)
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+
+
+def format_error(exc: BaseException, tail_lines: int) -> str:
+    """The exception and the traceback's last lines: what the job's error message shows."""
+    lines = "".join(traceback.format_exception(exc)).rstrip().splitlines()
+    head = f"{type(exc).__name__}: {exc}"
+    tail = "\n".join(lines[-tail_lines:])
+    return f"{head}\n\nTraceback (most recent call last, last {tail_lines} lines):\n{tail}"
+
+
+def main(spec: ChildSpec) -> None:
+    os.setsid()                     # its own process group: a cancel kills it and all it started
+    _die_with_parent()
+    os.environ.clear()
+    os.environ.update(spec.env)
+    _redirect_output(spec.log_path)
+    code = 0
+    try:
+        _apply_limits(spec)
+        os.chdir(spec.cwd)
+        sys.path[:0] = spec.sys_path
+        sys.argv = list(spec.argv)
+        runpy.run_path(spec.argv[0], run_name="__main__")
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            code = exc.code if isinstance(exc.code, int) else 1
+            message = f"SystemExit: {exc.code}"
+            _write(spec.error_path, message)
+            if not isinstance(exc.code, int):
+                print(exc.code, file=sys.stderr)
+    except BaseException as exc:
+        traceback.print_exc()
+        _write(spec.error_path, format_error(exc, spec.tail_lines))
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)

@@ -1,0 +1,123 @@
+"""The Celery task that runs a job, and the worker's own housekeeping.
+
+A message carries only (job_id, attempt). The registry decides whether it still runs: a
+cancelled job, or a duplicate delivery of an attempt that already ran, is dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from celery import Celery, shared_task
+from celery.signals import worker_init, worker_ready, worker_shutdown
+
+from tasks import defaults as d
+from tasks.queues import RUN_JOB_TASK, jobs_queue
+from tasks.services import Services, from_env
+from tasks.supervisor import Supervisor, warm_parent, worker_name
+
+log = logging.getLogger("qhybrid.worker")
+_slot = itertools.count()
+_stop = threading.Event()
+
+
+def enqueue_job(celery: Celery, job_id: str, attempt: int, resource_class: str) -> None:
+    """Send the one message that starts a job: its id and attempt, nothing else."""
+    celery.send_task(RUN_JOB_TASK, args=[job_id, attempt], queue=jobs_queue(resource_class))
+
+
+def _cpus_for(threads: int) -> list[int]:
+    available = sorted(os.sched_getaffinity(0))
+    n = min(threads, len(available))
+    start = (next(_slot) * n) % len(available)
+    return [available[(start + i) % len(available)] for i in range(n)]
+
+
+@shared_task(name=RUN_JOB_TASK, ignore_result=True, acks_late=True)
+def run_job(job_id: str, attempt: int) -> None:
+    services = from_env()
+    reg = services.registry
+    worker = worker_name()
+    claimed = reg.transition(job_id, d.INITIALIZING, allowed=[d.QUEUED],
+                             require=("attempt", str(attempt)), worker=worker)
+    if not claimed:
+        return
+    reg.heartbeat(job_id, worker)
+    job = reg.get_job(job_id)
+    rc = services.classes.get(job.get("resource_class") or "")
+    if rc is None:
+        reg.transition(job_id, d.ERROR, allowed=[d.INITIALIZING], ended=time.time(),
+                       error=f"resource class {job.get('resource_class')!r} is not configured here")
+        return
+    Supervisor(job, reg, services.store, services.settings, rc, worker,
+               cpus=_cpus_for(rc.threads())).run()
+
+
+def reap_lost_jobs(services: Services, celery: Celery) -> list[str]:
+    """Jobs whose supervisor stopped beating: run again once, else end them in ERROR."""
+    reg = services.registry
+    handled = []
+    for job_id in reg.active_jobs():
+        if reg.has_heartbeat(job_id):
+            continue
+        try:
+            job = reg.get_job(job_id)
+        except Exception:
+            continue
+        if job["status"] not in d.ACTIVE_STATUSES:
+            continue
+        if time.time() - (job.get("updated") or 0) < d.HEARTBEAT_TTL_S:
+            continue  # just claimed; its first heartbeat is on the way
+        attempt = int(job.get("attempt") or 1)
+        now = time.time()
+        if job["status"] == d.CANCELING:
+            reg.transition(job_id, d.CANCELED, allowed=[d.CANCELING], ended=now)
+        elif attempt < d.MAX_ATTEMPTS:
+            if reg.transition(job_id, d.QUEUED, allowed=list(d.ACTIVE_STATUSES),
+                              attempt=attempt + 1, detail="worker lost; running the job again"):
+                enqueue_job(celery, job_id, attempt + 1, job["resource_class"])
+        else:
+            reg.transition(job_id, d.ERROR, allowed=list(d.ACTIVE_STATUSES), ended=now,
+                           error="worker lost: the worker running the job stopped, "
+                                 f"{attempt} times", detail="worker lost")
+        handled.append(job_id)
+    return handled
+
+
+def _housekeeping(celery: Celery, queues: list[str]) -> None:
+    services = from_env()
+    name = worker_name()
+    info = json.dumps({"name": name, "queues": queues, "pid": os.getpid(), "started": time.time()})
+    while not _stop.is_set():
+        try:
+            services.registry.r.set(d.WORKER_KEY.format(name=name), info, ex=d.WORKER_TTL_S)
+            if services.registry.lock(d.REAPER_LOCK_KEY, d.REAPER_INTERVAL_S * 0.9):
+                reap_lost_jobs(services, celery)
+        except Exception:
+            log.exception("housekeeping failed")
+        _stop.wait(d.REAPER_INTERVAL_S)
+    services.registry.r.delete(d.WORKER_KEY.format(name=name))
+
+
+@worker_init.connect
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    warm_parent()   # pay qiskit's import once, before the first job
+
+
+@worker_ready.connect
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    app = sender.app
+    queues = sorted(app.amqp.queues.consume_from or app.amqp.queues)
+    threading.Thread(target=_housekeeping, args=(app, queues), name="housekeeping",
+                     daemon=True).start()
+
+
+@worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    _stop.set()

@@ -1,0 +1,34 @@
+"""The connections one process needs, made once from the settings."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from storage.store import ObjectStore, open_store
+from tasks.redis_client import connect, connect_raw
+from tasks.registry import Registry
+from tasks.resources import ResourceClass, load_classes
+from tasks.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    registry: Registry
+    store: ObjectStore
+    classes: dict[str, ResourceClass]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        return cls(
+            settings=settings,
+            registry=Registry(connect(settings.redis_url), connect_raw(settings.redis_url)),
+            store=open_store(settings.storage_url, settings.s3_endpoint_url),
+            classes=load_classes(settings.resource_classes_path),
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def from_env() -> Services:
+    return Services.from_settings(Settings.from_env())

@@ -1,0 +1,58 @@
+"""Server configuration, read from `QHYBRID_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tasks import defaults
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "qhybrid"
+
+
+def embedded_redis_url(data_dir: Path) -> str:
+    """The URL `qhybrid up` wrote for its embedded Redis, else the usual local default."""
+    try:
+        return (data_dir / "redis" / "url").read_text().strip()
+    except OSError:
+        return "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    storage_url: str
+    s3_endpoint_url: str | None
+    data_dir: Path
+    resource_classes_path: Path | None
+    max_program_bytes: int = defaults.MAX_PROGRAM_TAR_BYTES
+    max_runtime_s: int = defaults.DEFAULT_MAX_RUNTIME_S
+    server_max_runtime_s: int = defaults.SERVER_MAX_RUNTIME_S
+    secret_key: str = field(default="", repr=False)
+
+    @classmethod
+    def from_env(cls, env: os._Environ[str] | dict[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        data_dir = Path(env.get("QHYBRID_DATA_DIR") or default_data_dir()).expanduser()
+        storage_url = env.get("QHYBRID_STORAGE_URL") or (data_dir / "storage").resolve().as_uri()
+        classes = env.get("QHYBRID_RESOURCE_CLASSES")
+        return cls(
+            redis_url=env.get("QHYBRID_REDIS_URL") or embedded_redis_url(data_dir),
+            storage_url=storage_url,
+            s3_endpoint_url=env.get("QHYBRID_S3_ENDPOINT_URL") or None,
+            data_dir=data_dir,
+            resource_classes_path=Path(classes) if classes else None,
+            max_program_bytes=int(env.get("QHYBRID_MAX_PROGRAM_BYTES", defaults.MAX_PROGRAM_TAR_BYTES)),
+            max_runtime_s=int(env.get("QHYBRID_MAX_RUNTIME", defaults.DEFAULT_MAX_RUNTIME_S)),
+            server_max_runtime_s=int(env.get("QHYBRID_SERVER_MAX_RUNTIME", defaults.SERVER_MAX_RUNTIME_S)),
+            secret_key=env.get("QHYBRID_SECRET_KEY", ""),
+        )
+
+
+# Environment variables that hold credentials or the way to them: never given to user code.
+SECRET_ENV_PREFIXES = ("QHYBRID_REDIS", "QHYBRID_STORAGE", "QHYBRID_S3", "QHYBRID_SECRET",
+                       "AWS_", "QHYBRID_TOKEN", "QHYBRID_URL")

@@ -1,0 +1,268 @@
+"""The supervisor: runs one job's user code in a child process and keeps its record.
+
+It holds what the child must not (Redis, storage credentials), serves the child's calls
+over the local channel, streams its output into the live log, enforces cancel and the
+maximum run time, and at the end stores logs, results and `model.tar.gz`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Callable
+from multiprocessing.context import ForkServerContext
+from pathlib import Path
+from typing import Any
+
+from qhybrid.errors import InvalidInput, PayloadTooLarge
+from storage import keys
+from storage.store import ObjectStore
+from storage.tarsafe import pack_dir, safe_extract
+from tasks import defaults as d
+from tasks.channel import ChannelServer
+from tasks.child import ChildSpec
+from tasks.registry import Registry
+from tasks.resources import ResourceClass
+from tasks.settings import SECRET_ENV_PREFIXES, Settings
+
+_ctx: ForkServerContext | None = None
+
+# The warm parent starts with these, so libraries loaded there do not start a thread per core.
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment user code may see: ours minus anything that leads to credentials."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_ENV_PREFIXES)}
+    env.update(extra or {})
+    return env
+
+
+def warm_parent() -> ForkServerContext:
+    """The fork server that children are forked from, started once with qiskit imported.
+
+    It is started from a scrubbed environment so that neither it nor the children it forks
+    ever hold the Redis URL or storage credentials, not even in memory.
+    """
+    global _ctx
+    if _ctx is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["tasks.preload"])
+        saved = dict(os.environ)
+        try:
+            os.environ.clear()
+            os.environ.update(clean_env({k: "1" for k in _THREAD_ENV}))
+            os.environ["QISKIT_PARALLEL"] = "FALSE"
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        _ctx = ctx
+    return _ctx
+
+
+class Supervisor:
+    """Runs one job attempt from INITIALIZING to a terminal status."""
+
+    def __init__(self, job: dict[str, Any], registry: Registry, store: ObjectStore,
+                 settings: Settings, resource_class: ResourceClass, worker: str,
+                 cpus: list[int] | None = None) -> None:
+        self.job = job
+        self.job_id: str = job["id"]
+        self.registry = registry
+        self.store = store
+        self.settings = settings
+        self.rc = resource_class
+        self.worker = worker
+        self.cpus = cpus or []
+        self.prefix: str = job["prefix"]
+        self.job_dir = settings.data_dir / "work" / f"{self.job_id}-{job.get('attempt') or 1}"
+        self.results_dir = self.job_dir / "results"
+        self.log_path = self.job_dir / "output.log"
+        self.error_path = self.job_dir / "error.txt"
+        self.ops: dict[str, Callable[..., Any]] = {
+            "update_status": self.op_update_status,
+            "save_result": self.op_save_result,
+            "job_info": self.op_job_info,
+        }
+        self._log_pos = 0
+        self._live_bytes = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._result_saved = False
+
+    # --- operations the child may call -----------------------------------------------------
+    def op_update_status(self, status: str) -> bool:
+        status = str(status).strip()
+        if not status or len(status) > 200:
+            raise InvalidInput("a status is 1 to 200 characters", field="status")
+        return self.registry.set_sub_status(self.job_id, status)
+
+    def op_save_result(self, result: str) -> bool:
+        if len(result.encode()) > d.MAX_RESULT_BYTES:
+            raise PayloadTooLarge(f"a result may be at most {d.MAX_RESULT_BYTES} bytes")
+        self.store.put_bytes(keys.job_result(self.prefix), result.encode())
+        self.registry.set_fields(self.job_id, has_result=True)
+        self._result_saved = True
+        return True
+
+    def op_job_info(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "job_name": self.job.get("job_name"),
+                "user": self.job["user"], "resource_class": self.rc.name}
+
+    # --- the run ---------------------------------------------------------------------------
+    def run(self) -> None:
+        self.registry.heartbeat(self.job_id, self.worker)
+        status, error = d.ERROR, ""
+        channel = None
+        try:
+            if self.job_dir.exists():
+                shutil.rmtree(self.job_dir)
+            self.results_dir.mkdir(parents=True)
+            spec = self.prepare()
+            channel = ChannelServer(self.job_dir / "supervisor.sock", self.ops).start()
+            status, error = self.watch(spec)
+        except Exception as exc:  # a failure of ours, not of the user's code
+            status, error = d.ERROR, f"{type(exc).__name__}: {exc}"
+        finally:
+            if channel:
+                channel.close()
+            self.finish(status, error)
+
+    def prepare(self) -> ChildSpec:
+        """Fetch code and arguments into a fresh job directory; the child's spec."""
+        src = self.job_dir / "src"
+        src.mkdir()
+        with self.store.open(keys.job_script(self.prefix)) as fh:
+            safe_extract(fh, src)
+        args_file = self.job_dir / "arguments.json"
+        if self.store.exists(keys.job_arguments(self.prefix)):
+            self.store.download_file(keys.job_arguments(self.prefix), args_file)
+        else:
+            args_file.write_text("{}")
+        entry = (src / self.job["entrypoint"]).resolve()
+        if not entry.is_relative_to(src.resolve()) or not entry.is_file():
+            raise InvalidInput(f"entrypoint {self.job['entrypoint']!r} is not in the program")
+        threads = str(self.rc.threads())
+        env = clean_env({
+            "QHYBRID_JOB_ID": self.job_id,
+            "QHYBRID_JOB_NAME": self.job.get("job_name") or "",
+            "QHYBRID_SUPERVISOR_SOCKET": str(self.job_dir / "supervisor.sock"),
+            "QHYBRID_ARGUMENTS_FILE": str(args_file),
+            "QHYBRID_RESULTS_DIR": str(self.results_dir),
+            "PYTHONUNBUFFERED": "1",
+            "QISKIT_PARALLEL": "FALSE",
+            **{k: threads for k in _THREAD_ENV},
+        })
+        return ChildSpec(cwd=str(src), argv=[str(entry)], env=env, log_path=str(self.log_path),
+                         error_path=str(self.error_path), sys_path=[str(src)], cpus=self.cpus,
+                         mem_bytes=self.rc.mem, tail_lines=d.ERROR_TRACEBACK_LINES)
+
+    def watch(self, spec: ChildSpec) -> tuple[str, str]:
+        """Start the child and follow it to its end: (final status, error message)."""
+        from tasks import child
+
+        self.log_path.touch()
+        proc = warm_parent().Process(target=child.main, args=(spec,), daemon=False)
+        proc.start()
+        self.registry.set_fields(self.job_id, pid=proc.pid)
+        if not self.registry.transition(self.job_id, d.RUNNING, allowed=[d.INITIALIZING],
+                                        started=time.time()):
+            _kill_group(proc.pid)
+            proc.join()
+            return d.CANCELED, ""
+        deadline = time.monotonic() + int(self.job.get("max_runtime") or self.settings.max_runtime_s)
+        last_beat = 0.0
+        outcome: tuple[str, str] | None = None
+        while proc.is_alive():
+            proc.join(d.SUPERVISOR_TICK_S)
+            self.pump_log()
+            now = time.monotonic()
+            if now - last_beat >= d.HEARTBEAT_INTERVAL_S:
+                self.registry.heartbeat(self.job_id, self.worker)
+                last_beat = now
+            if self.registry.job_field(self.job_id, "status") == d.CANCELING:
+                outcome = (d.CANCELED, "")
+            elif now > deadline:
+                limit = int(self.job.get("max_runtime") or self.settings.max_runtime_s)
+                outcome = (d.ERROR, f"the job exceeded its maximum run time of {limit} s")
+            if outcome:
+                _kill_group(proc.pid)
+                proc.join()
+                break
+        _kill_group(proc.pid)   # whatever the user code left running
+        self.pump_log()
+        if outcome:
+            return outcome
+        if proc.exitcode == 0:
+            return d.DONE, ""
+        if self.error_path.exists():
+            return d.ERROR, self.error_path.read_text(encoding="utf-8", errors="replace")
+        code = proc.exitcode or 0
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+            return d.ERROR, f"the job's process was killed by {name}{hint}"
+        return d.ERROR, f"the job's process exited with code {code}"
+
+    def pump_log(self) -> None:
+        """Append what the child wrote since the last call to the live log."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self._log_pos)
+                chunk = fh.read(4 * 1024**2)
+        except FileNotFoundError:
+            return
+        if not chunk:
+            return
+        self._log_pos += len(chunk)
+        text = self._decoder.decode(chunk)
+        if self._live_bytes < d.MAX_LIVE_LOG_BYTES:
+            self._live_bytes += len(text)
+            if self._live_bytes >= d.MAX_LIVE_LOG_BYTES:
+                text += "\n[qhybrid: live log truncated; the full log is stored with the job]\n"
+            self.registry.append_log(self.job_id, text)
+
+    def finish(self, status: str, error: str) -> None:
+        """Store logs and outputs, then record the final status (in that order)."""
+        try:
+            if self.log_path.exists():
+                self.store.put_file(keys.job_logs(self.prefix), self.log_path)
+            if self.results_dir.exists():
+                archive = self.job_dir / "model.tar.gz"
+                pack_dir(self.results_dir, archive)
+                self.store.put_file(keys.job_model(self.prefix), archive)
+        except Exception as exc:
+            if status == d.DONE:
+                status, error = d.ERROR, f"storing the job's outputs failed: {exc}"
+        fields: dict[str, Any] = {"ended": time.time(), "error": error[-20000:] if error else ""}
+        moved = self.registry.transition(self.job_id, status,
+                                         allowed=[d.INITIALIZING, d.RUNNING, d.CANCELING],
+                                         detail=error.splitlines()[0] if error else None, **fields)
+        if not moved and status != d.CANCELED:
+            # a cancel raced with the end: the cancel wins, as the user asked for it
+            self.registry.transition(self.job_id, d.CANCELED, allowed=[d.CANCELING], **fields)
+        self.registry.expire_log(self.job_id)
+        shutil.rmtree(self.job_dir, ignore_errors=True)
+
+
+def _kill_group(pid: int | None) -> None:
+    if not pid:
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+__all__ = ["Supervisor", "warm_parent", "clean_env", "worker_name"]
