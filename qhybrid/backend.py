@@ -1,0 +1,365 @@
+"""Server devices as Qiskit backends: `QhybridBackend` (a `BackendV2`) and `QhybridJob` (a `JobV1`).
+
+A device is known to the client only by its JSON description (see `backends.registry.describe`),
+from which `target_from_description` rebuilds the exact Target the server simulates, so
+`transpile(circuit, backend)` works offline. `run()` sends the circuits as QPY through a
+`Transport`, the one thing that talks to the server. Importing this module imports qiskit, never
+qiskit-aer or a server package; `import qhybrid` alone does not import it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from qiskit.circuit import (
+    BreakLoopOp,
+    ContinueLoopOp,
+    ForLoopOp,
+    IfElseOp,
+    QuantumCircuit,
+    SwitchCaseOp,
+    WhileLoopOp,
+)
+from qiskit.circuit.library import get_standard_gate_name_mapping
+from qiskit.providers import BackendV2, JobStatus, JobV1, Options
+from qiskit.providers.fake_provider import GenericBackendV2
+from qiskit.result import Result
+from qiskit.transpiler import Target
+
+from qhybrid.codec import decode, encode_circuits
+from qhybrid.errors import Conflict, InvalidInput, QhybridError, TaskFailed
+
+__all__ = [
+    "RUN_OPTIONS",
+    "QhybridBackend",
+    "QhybridJob",
+    "Transport",
+    "check_fits",
+    "failure_message",
+    "generic_backend",
+    "result_from_json",
+    "target_from_description",
+    "validate_run_options",
+]
+
+#: Options `QhybridBackend.run` accepts, with their defaults. BackendSamplerV2 passes
+#: shots, memory=True and seed_simulator; BackendEstimatorV2 passes shots and seed_simulator.
+RUN_OPTIONS: dict[str, Any] = {"shots": 1024, "memory": False, "seed_simulator": None}
+
+#: Control-flow operations by name; aer devices with `control_flow` support all of them.
+_CONTROL_FLOW = {
+    "if_else": IfElseOp,
+    "while_loop": WhileLoopOp,
+    "for_loop": ForLoopOp,
+    "switch_case": SwitchCaseOp,
+    "break_loop": BreakLoopOp,
+    "continue_loop": ContinueLoopOp,
+}
+
+#: Our task statuses (see tasks.defaults) as Qiskit job statuses.
+_JOB_STATUS = {
+    "QUEUED": JobStatus.QUEUED,
+    "INITIALIZING": JobStatus.INITIALIZING,
+    "RUNNING": JobStatus.RUNNING,
+    "CANCELING": JobStatus.RUNNING,
+    "DONE": JobStatus.DONE,
+    "ERROR": JobStatus.ERROR,
+    "CANCELED": JobStatus.CANCELLED,
+}
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """How a QhybridBackend reaches the device queue; the HTTP client or an in-process stand-in.
+
+    `result` returns the JSON made by `backends.codec.result_to_json`; it raises the task's
+    error (e.g. InvalidInput from the device's checks) when the task failed before simulating,
+    and `qhybrid.errors.Timeout` when `timeout` seconds pass first.
+    """
+
+    def submit(self, device: str, circuits: str, options: dict[str, Any]) -> str:
+        """Queue QPY circuits (`qhybrid.codec.encode_circuits`) on a device; return the task id."""
+        ...
+
+    def status(self, task_id: str) -> str:
+        """QUEUED, RUNNING, DONE, ERROR or CANCELED."""
+        ...
+
+    def result(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        """Wait for the task and return its result JSON."""
+        ...
+
+    def cancel(self, task_id: str) -> None:
+        """Ask the server to cancel the task."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# targets
+
+
+def _edges(desc: Mapping[str, Any]) -> list[list[int]] | None:
+    edges = desc.get("coupling_map")
+    if edges is None:
+        return None
+    return [[int(a), int(b)] for a, b in edges]
+
+
+def generic_backend(desc: Mapping[str, Any]) -> GenericBackendV2:
+    """The GenericBackendV2 of a generic device: its properties are fixed by the seed."""
+    if desc.get("kind") != "generic":
+        raise InvalidInput(f"device {desc.get('name')!r} is not a generic device")
+    edges = _edges(desc)
+    if edges is None:
+        raise InvalidInput(f"generic device {desc.get('name')!r} has no coupling map")
+    return GenericBackendV2(
+        int(desc["num_qubits"]),
+        basis_gates=list(desc["basis_gates"]),
+        coupling_map=edges,
+        control_flow=bool(desc.get("control_flow", False)),
+        seed=int(desc["seed"]),
+    )
+
+
+def target_from_description(desc: Mapping[str, Any]) -> Target:
+    """Rebuild a device's Target from its description, without the server.
+
+    Generic devices: the GenericBackendV2 target (gate errors and durations included).
+    Aer devices: ideal basis gates on all qubits and no coupling restriction, so the
+    transpiler neither lays out nor routes.
+    """
+    missing = {"name", "kind", "num_qubits", "basis_gates"} - set(desc)
+    if missing:
+        raise InvalidInput(f"device description lacks {', '.join(sorted(missing))}")
+    if desc["kind"] == "generic":
+        return generic_backend(desc).target
+    if desc["kind"] != "aer":
+        raise InvalidInput(f"unknown device kind {desc['kind']!r}")
+    gates = get_standard_gate_name_mapping()
+    unknown = [name for name in desc["basis_gates"] if name not in gates]
+    if unknown:
+        raise InvalidInput(f"unknown basis gates {unknown} in device {desc['name']!r}")
+    target = Target(description=str(desc["name"]), num_qubits=int(desc["num_qubits"]))
+    for name in [*desc["basis_gates"], "measure", "reset", "delay"]:
+        target.add_instruction(gates[name])  # no properties: ideal, on any qubits
+    if desc.get("control_flow"):
+        for name, op in _CONTROL_FLOW.items():
+            target.add_instruction(op, name=name)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+def result_from_json(data: Mapping[str, Any]) -> Result:
+    """Rebuild a qiskit Result from `backends.codec.result_to_json` output."""
+    return Result.from_dict(decode(dict(data), path="result"))
+
+
+def failure_message(data: Mapping[str, Any]) -> str:
+    """The simulator's message of a failed result: its status plus each experiment's."""
+    parts = [str(data.get("status") or "simulation failed")]
+    for exp in data.get("results") or []:
+        status = str(exp.get("status") or "")
+        core = status.removeprefix("ERROR:").strip()
+        if exp.get("success") is False and core and core not in parts[0]:
+            parts.append(status)
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# options
+
+
+def validate_run_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check run options and return them as plain JSON values (numpy ints become ints)."""
+    unknown = sorted(set(options) - set(RUN_OPTIONS))
+    if unknown:
+        raise InvalidInput(
+            f"unknown run options {', '.join(unknown)}; supported: {', '.join(RUN_OPTIONS)}",
+            field="options",
+        )
+    out = {**RUN_OPTIONS, **options}
+    shots = out["shots"]
+    if isinstance(shots, bool) or not isinstance(shots, numbers.Integral) or shots < 1:
+        raise InvalidInput(f"shots must be a positive integer, got {shots!r}", field="shots")
+    out["shots"] = int(shots)
+    memory = out["memory"]
+    if not isinstance(memory, bool | np.bool_):
+        raise InvalidInput(f"memory must be true or false, got {memory!r}", field="memory")
+    out["memory"] = bool(memory)
+    seed = out["seed_simulator"]
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise InvalidInput(
+                f"seed_simulator must be a non-negative integer or None, got {seed!r}",
+                field="seed_simulator",
+            )
+        out["seed_simulator"] = int(seed)
+    return out
+
+
+def _unsupported(target: Target, circuit: QuantumCircuit,
+                 qubit_map: Sequence[int] | None = None) -> str | None:
+    """Why the target cannot run the circuit as it stands, or None if it can."""
+    for instruction in circuit.data:
+        operation = instruction.operation
+        qubits = tuple(circuit.find_bit(qubit).index for qubit in instruction.qubits)
+        if qubit_map is not None:
+            qubits = tuple(qubit_map[q] for q in qubits)
+        if operation.name == "barrier":
+            continue
+        if not target.instruction_supported(operation.name, qubits):
+            hint = ""
+            if operation.name.startswith(("save_", "set_")):
+                hint = " (aer save/set instructions do not survive QPY; measure instead)"
+            where = f" on qubits {list(qubits)}" if operation.name in target else ""
+            return f"{operation.name!r}{where} is not supported{hint}"
+        for block in getattr(operation, "blocks", ()):
+            reason = _unsupported(target, block, qubits)
+            if reason:
+                return reason
+    return None
+
+
+def check_fits(target: Target, device: str, circuits: Sequence[QuantumCircuit]) -> None:
+    """Refuse circuits wider than the device or using what its Target lacks (not transpiled)."""
+    for i, circuit in enumerate(circuits):
+        if circuit.num_qubits > (target.num_qubits or 0):
+            raise InvalidInput(
+                f"circuit {circuit.name!r} has {circuit.num_qubits} qubits; device {device} "
+                f"has {target.num_qubits}",
+                field=f"circuits[{i}]",
+            )
+        if circuit.num_parameters:
+            names = ", ".join(sorted(p.name for p in circuit.parameters)[:5])
+            raise InvalidInput(
+                f"circuit {circuit.name!r} has unbound parameters ({names}); assign them first",
+                field=f"circuits[{i}]",
+            )
+        reason = _unsupported(target, circuit)
+        if reason:
+            raise InvalidInput(
+                f"circuit {circuit.name!r} cannot run on device {device}: {reason}; "
+                "transpile(circuit, backend) first",
+                field=f"circuits[{i}]",
+            )
+
+
+def _sendable(circuit: QuantumCircuit) -> QuantumCircuit:
+    """The circuit, or a copy without its metadata when that is not JSON (QPY would refuse).
+
+    The server only echoes metadata back in the result header; BackendSamplerV2 and
+    BackendEstimatorV2 keep their own copy, so dropping it loses nothing they use.
+    """
+    try:
+        json.dumps(circuit.metadata, allow_nan=False)
+    except (TypeError, ValueError):
+        circuit = circuit.copy()
+        circuit.metadata = {}
+    return circuit
+
+
+# ---------------------------------------------------------------------------------------------
+# backend and job
+
+
+class QhybridBackend(BackendV2):
+    """A qhybrid device: `target` from its description, `run()` through a Transport."""
+
+    def __init__(
+        self, description: Mapping[str, Any], transport: Transport, **fields: Any
+    ) -> None:
+        self._device = dict(description)
+        self._transport = transport
+        self._target = target_from_description(self._device)
+        super().__init__(
+            name=str(self._device["name"]),
+            description=f"qhybrid {self._device['kind']} device {self._device['name']}",
+            backend_version="1",
+            **fields,
+        )
+
+    @property
+    def device(self) -> dict[str, Any]:
+        """The device description this backend was built from."""
+        return dict(self._device)
+
+    @property
+    def target(self) -> Target:
+        return self._target
+
+    @property
+    def max_circuits(self) -> None:
+        return None
+
+    @classmethod
+    def _default_options(cls) -> Options:
+        return Options(**RUN_OPTIONS)
+
+    def run(
+        self, run_input: QuantumCircuit | Sequence[QuantumCircuit], **options: Any
+    ) -> QhybridJob:
+        """Send circuits to the device. Circuits wider than it, or using operations or couplings
+        its Target lacks, are refused (InvalidInput) before anything is sent."""
+        circuits = [run_input] if isinstance(run_input, QuantumCircuit) else list(run_input)
+        if not circuits:
+            raise InvalidInput("run() needs at least one circuit", field="circuits")
+        for i, circuit in enumerate(circuits):
+            if not isinstance(circuit, QuantumCircuit):
+                raise InvalidInput(
+                    f"circuits[{i}] is a {type(circuit).__name__}, not a QuantumCircuit",
+                    field=f"circuits[{i}]",
+                )
+        check_fits(self.target, self.name, circuits)
+        merged = {key: getattr(self.options, key) for key in self.options}
+        merged.update(options)
+        run_options = validate_run_options(merged)
+        payload = encode_circuits([_sendable(circuit) for circuit in circuits])
+        task_id = self._transport.submit(self.name, payload, run_options)
+        return QhybridJob(self, task_id, self._transport, options=run_options)
+
+
+class QhybridJob(JobV1):
+    """A quantum task on a qhybrid device; submitted by `QhybridBackend.run`."""
+
+    def __init__(
+        self, backend: QhybridBackend, job_id: str, transport: Transport, **kwargs: Any
+    ) -> None:
+        super().__init__(backend, job_id, **kwargs)
+        self._transport = transport
+        self._result: Result | None = None
+
+    def submit(self) -> None:
+        raise Conflict("a QhybridJob is submitted by QhybridBackend.run(); submit() does nothing")
+
+    def status(self) -> JobStatus:
+        if self._result is not None:
+            return JobStatus.DONE
+        status = self._transport.status(self.job_id())
+        try:
+            return _JOB_STATUS[status]
+        except KeyError:
+            raise QhybridError(f"task {self.job_id()} has unknown status {status!r}") from None
+
+    def result(self, timeout: float | None = None) -> Result:
+        """Wait for the task; raises TaskFailed with the simulator's message if it failed."""
+        if self._result is None:
+            if timeout is not None and (math.isnan(timeout) or timeout < 0):
+                raise InvalidInput(f"timeout must be a non-negative number, got {timeout!r}")
+            data = self._transport.result(self.job_id(), timeout)
+            if not data.get("success", False):
+                raise TaskFailed(failure_message(data))
+            result = result_from_json(data)
+            result.job_id = self.job_id()
+            self._result = result
+        return self._result
+
+    def cancel(self) -> None:
+        self._transport.cancel(self.job_id())
