@@ -30,6 +30,11 @@ class ChildSpec:
     cpus: list[int] = field(default_factory=list)
     mem_bytes: int = 0
     tail_lines: int = 15
+    # Set for a function call instead of a script: a cloudpickle file of (fn, args, kwargs);
+    # the return value goes to return_path as codec JSON ("json") or cloudpickle ("pickle").
+    call_path: str = ""
+    return_path: str = ""
+    return_format: str = "json"
 
 
 def _die_with_parent() -> None:
@@ -97,7 +102,10 @@ def main(spec: ChildSpec) -> None:
         os.chdir(spec.cwd)
         sys.path[:0] = spec.sys_path
         sys.argv = list(spec.argv)
-        runpy.run_path(spec.argv[0], run_name="__main__")
+        if spec.call_path:
+            _call(spec)
+        else:
+            runpy.run_path(spec.argv[0], run_name="__main__")
     except SystemExit as exc:
         if exc.code not in (None, 0):
             code = exc.code if isinstance(exc.code, int) else 1
@@ -116,6 +124,25 @@ def main(spec: ChildSpec) -> None:
         except Exception:
             pass
     os._exit(code)
+
+
+def _call(spec: ChildSpec) -> None:
+    """Call the shipped function and write its return value where the supervisor reads it."""
+    import cloudpickle
+
+    with open(spec.call_path, "rb") as fh:
+        fn, args, kwargs = cloudpickle.load(fh)
+    value = fn(*args, **kwargs)
+    if spec.return_format == "pickle":
+        data = cloudpickle.dumps(value)
+    else:
+        from qhybrid import codec
+
+        data = codec.dumps(value, path="return value").encode()
+    tmp = spec.return_path + ".tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, spec.return_path)
 
 
 def _write(path: str, text: str) -> None:
