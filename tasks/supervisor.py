@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from multiprocessing.context import ForkServerContext
@@ -24,6 +25,7 @@ from storage import keys
 from storage.store import ObjectStore
 from storage.tarsafe import pack_dir, safe_extract
 from tasks import defaults as d
+from tasks import files
 from tasks.channel import ChannelServer
 from tasks.child import ChildSpec
 from tasks.registry import Registry
@@ -87,15 +89,20 @@ class Supervisor:
         self.results_dir = self.job_dir / "results"
         self.log_path = self.job_dir / "output.log"
         self.error_path = self.job_dir / "error.txt"
+        # A Unix socket path may be at most 107 bytes: keep it short, in a private directory.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="qh-"))
+        self.socket_path = self._socket_dir / "s"
         self.ops: dict[str, Callable[..., Any]] = {
             "update_status": self.op_update_status,
             "save_result": self.op_save_result,
             "job_info": self.op_job_info,
         }
+        self.ops.update(files.supervisor_ops(self))   # Client().files() ... inside the job
         self._log_pos = 0
         self._live_bytes = 0
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._result_saved = False
+        self._source_snapshot: dict[str, tuple[int, int]] = {}
 
     # --- operations the child may call -----------------------------------------------------
     def op_update_status(self, status: str) -> bool:
@@ -126,7 +133,7 @@ class Supervisor:
                 shutil.rmtree(self.job_dir)
             self.results_dir.mkdir(parents=True)
             spec = self.prepare()
-            channel = ChannelServer(self.job_dir / "supervisor.sock", self.ops).start()
+            channel = ChannelServer(self.socket_path, self.ops).start()
             status, error = self.watch(spec)
         except Exception as exc:  # a failure of ours, not of the user's code
             status, error = d.ERROR, f"{type(exc).__name__}: {exc}"
@@ -146,6 +153,7 @@ class Supervisor:
             self.store.download_file(keys.job_arguments(self.prefix), args_file)
         else:
             args_file.write_text("{}")
+        self._source_snapshot = _snapshot(src)
         entry = (src / self.job["entrypoint"]).resolve()
         if not entry.is_relative_to(src.resolve()) or not entry.is_file():
             raise InvalidInput(f"entrypoint {self.job['entrypoint']!r} is not in the program")
@@ -153,7 +161,7 @@ class Supervisor:
         env = clean_env({
             "QHYBRID_JOB_ID": self.job_id,
             "QHYBRID_JOB_NAME": self.job.get("job_name") or "",
-            "QHYBRID_SUPERVISOR_SOCKET": str(self.job_dir / "supervisor.sock"),
+            "QHYBRID_SUPERVISOR_SOCKET": str(self.socket_path),
             "QHYBRID_ARGUMENTS_FILE": str(args_file),
             "QHYBRID_RESULTS_DIR": str(self.results_dir),
             "PYTHONUNBUFFERED": "1",
@@ -234,6 +242,7 @@ class Supervisor:
         try:
             if self.log_path.exists():
                 self.store.put_file(keys.job_logs(self.prefix), self.log_path)
+            self.collect_outputs()
             if self.results_dir.exists():
                 archive = self.job_dir / "model.tar.gz"
                 pack_dir(self.results_dir, archive)
@@ -250,6 +259,31 @@ class Supervisor:
             self.registry.transition(self.job_id, d.CANCELED, allowed=[d.CANCELING], **fields)
         self.registry.expire_log(self.job_id)
         shutil.rmtree(self.job_dir, ignore_errors=True)
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+
+    def collect_outputs(self) -> None:
+        """Files the job wrote in its working directory join the results (model.tar.gz)."""
+        src = self.job_dir / "src"
+        if not src.is_dir() or not self.results_dir.is_dir():
+            return
+        for rel, stamp in _snapshot(src).items():
+            if self._source_snapshot.get(rel) == stamp:
+                continue
+            target = self.results_dir / rel
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(src / rel, target)
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Regular files under `root` with (size, mtime in ns), by relative path."""
+    out = {}
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and "__pycache__" not in path.parts:
+            st = path.stat()
+            out[path.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns)
+    return out
 
 
 def _kill_group(pid: int | None) -> None:

@@ -1,0 +1,1 @@
+"""Reproducible measurements, each printed beside the baseline it is compared with."""
