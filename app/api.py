@@ -152,7 +152,8 @@ def job_result(job_id: str) -> Response:
         return Response(json.dumps(jobs.job_json(svc, job, events=False)), status=202,
                         mimetype="application/json")
     text = jobs.result_text(svc, job)
-    return Response('{"job_id":%s,"result":%s}' % (json.dumps(job["id"]), text),
+    # the stored result is already encoded JSON: embed it as it is
+    return Response(f'{{"job_id":{json.dumps(job["id"])},"result":{text}}}',
                     mimetype="application/json")
 
 

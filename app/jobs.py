@@ -29,9 +29,10 @@ from qhybrid.errors import (
 from storage import keys
 from storage.tarsafe import is_tar, safe_extract
 from tasks import defaults as d
-from tasks.jobs import enqueue_job
+from tasks.devices import device_spec
 from tasks.queues import jobs_queue
 from tasks.registry import display_status
+from tasks.reservations import queue_position, start_job
 from tasks.resources import pick_class
 from tasks.services import Services
 
@@ -80,6 +81,8 @@ def save_program(svc: Services, user: str, *, title: str, entrypoint: str | None
     check_title(title)
     if resources is not None:
         pick_class(resources, svc.classes)
+    if device:
+        device_spec(svc.settings, device)
     limit = svc.settings.max_program_bytes
     with tempfile.TemporaryDirectory() as tmp:
         upload = Path(tmp) / "upload"
@@ -148,7 +151,11 @@ def run_program(svc: Services, celery: Celery, user: str, title: str,
     if not isinstance(arguments, dict):
         raise InvalidInput("arguments must be a JSON object", field="arguments")
     codec.validate(arguments, path="arguments")
-    encoded = json.dumps(arguments, separators=(",", ":"), allow_nan=False)
+    try:
+        encoded = json.dumps(arguments, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise InvalidInput("arguments hold NaN or Infinity, which JSON cannot; send them encoded "
+                           "(the qhybrid client does)", field="arguments") from None
     if len(encoded) > d.MAX_ARGUMENTS_BYTES:
         raise PayloadTooLarge(f"arguments are larger than {d.MAX_ARGUMENTS_BYTES} bytes",
                               field="arguments")
@@ -157,6 +164,7 @@ def run_program(svc: Services, celery: Celery, user: str, title: str,
     device = body.get("device") or program.get("device") or None
     if device is not None and not isinstance(device, str):
         raise InvalidInput("device must be a device name", field="device")
+    spec = device_spec(svc.settings, device) if device else None
 
     job_id = svc.registry.new_job_id()
     created = time.time()
@@ -170,7 +178,8 @@ def run_program(svc: Services, celery: Celery, user: str, title: str,
               "queue": jobs_queue(rc.name), "max_runtime": max_runtime, "created": created,
               "device": device or ""}
     svc.registry.create_job(record)
-    enqueue_job(celery, job_id, 1, rc.name)
+    # A job naming a non-shared device waits in the device's line until it holds it.
+    start_job(svc.registry, celery, record, hold=spec is not None and not spec.shared)
     return svc.registry.get_job(job_id)
 
 
@@ -212,6 +221,10 @@ def job_json(svc: Services, job: dict[str, Any], *, events: bool = True) -> dict
 
         if not workers_by_queue(svc.registry.r).get(job.get("queue") or ""):
             out["waiting_for"] = f"no worker consumes {job.get('queue')}"
+    # Jobs ahead of this one in its device's line (1: next); null when not waiting for one.
+    out["queue_position"] = queue_position(svc.registry.r, job)
+    if out["queue_position"]:
+        out["waiting_for"] = f"device {job['device']}, held by another job"
     return out
 
 

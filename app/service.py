@@ -16,17 +16,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 
 from qhybrid import config
-from tasks.queues import jobs_queue
+from tasks.queues import device_queue, jobs_queue
 from tasks.redis_client import connect, redis_server_binary
 from tasks.registry import Registry
 from tasks.resources import load_classes
 from tasks.settings import Settings
 
 LOCAL_USER = "local"
+DEVICE_WORKER = "worker-devices"   # "worker-": stop() signals its main process, not its pool
 
 
 def _die_with_parent() -> None:
@@ -88,7 +90,7 @@ class Service:
         return f"http://{self.host}:{self.port}"
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        out: int | object = subprocess.DEVNULL
+        out: Any = subprocess.DEVNULL
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child
@@ -102,10 +104,22 @@ class Service:
         for cls in self.classes:
             self._spawn(f"worker-{cls}", worker_command(cls))
 
+    def start_device_workers(self) -> None:
+        """One device worker consuming every configured device's queue (tasks.devices)."""
+        self._spawn(DEVICE_WORKER, device_worker_command())
+
+    def _device_queues(self) -> list[str]:
+        if DEVICE_WORKER not in self.procs:
+            return []
+        from tasks.devices import device_registry
+
+        return [device_queue(n) for n in device_registry(Settings.from_env(self.env)).names()]
+
     def wait_ready(self, timeout: float = 60.0) -> dict[str, object]:
         """Block until /healthz says Redis, storage and every queue have what they need."""
         deadline = time.monotonic() + timeout
         last: dict[str, object] = {}
+        expected = [jobs_queue(c) for c in self.classes] + self._device_queues()
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
@@ -115,7 +129,7 @@ class Service:
                 resp = requests.get(self.url + "/healthz", timeout=2)
                 last = resp.json()
                 queues = last.get("queues", {})
-                if isinstance(queues, dict) and all(queues.get(jobs_queue(c)) for c in self.classes) \
+                if isinstance(queues, dict) and all(queues.get(q) for q in expected) \
                         and last.get("redis") == "ok" and last.get("storage") == "ok":
                     return last
             except (requests.RequestException, ValueError):
@@ -125,16 +139,22 @@ class Service:
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop every process this service started (workers' running jobs are run again later)."""
-        for proc in self.procs.values():
+        for name, proc in self.procs.items():
             if proc.poll() is None:
-                _signal_group(proc, signal.SIGTERM)
+                if name.startswith("worker"):
+                    # the worker itself first: its supervisors hand running jobs back to the
+                    # queue before anything else in its process group is stopped
+                    proc.send_signal(signal.SIGTERM)
+                else:
+                    _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for proc in self.procs.values():
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait()
+                pass
+            _signal_group(proc, signal.SIGKILL)     # what is left of its group
+            proc.wait()
         self.procs.clear()
 
 
@@ -157,6 +177,12 @@ def worker_command(resource_class: str) -> list[str]:
             "--queues", jobs_queue(resource_class), "--hostname", f"{resource_class}@%h",
             "--pool", "threads", "--concurrency", str(_slots(resource_class)),
             "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+
+
+def device_worker_command(devices: list[str] | None = None, concurrency: int = 1) -> list[str]:
+    """A device worker for `devices` (default: all); the same line suits a Procfile."""
+    argv = [sys.executable, "-m", "tasks.devices", "--concurrency", str(concurrency)]
+    return argv + (["--devices", ",".join(devices)] if devices else [])
 
 
 def _slots(resource_class: str) -> int:
@@ -206,11 +232,13 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
         token = ensure_local_user(settings, service.url)
         service.start_web()
         service.start_workers()
+        service.start_device_workers()
         service.wait_ready(timeout=120)
         log(f"qhybrid is up at {service.url}")
         log(f"  token of user '{LOCAL_USER}': {token}  (written to {config.config_path()})")
         log(f"  data: {settings.data_dir}   storage: {settings.storage_url}")
-        log(f"  workers: {', '.join(jobs_queue(c) for c in service.classes)}   Ctrl-C stops it")
+        log(f"  workers: {', '.join(jobs_queue(c) for c in service.classes)}, device.*"
+            "   Ctrl-C stops it")
         while not stopping:
             for name, proc in list(service.procs.items()):
                 if proc.poll() is not None:

@@ -98,7 +98,7 @@ class Timeout(QhybridError):
 
 
 def _all_subclasses(cls: type[QhybridError]) -> list[type[QhybridError]]:
-    out = []
+    out: list[type[QhybridError]] = []
     for sub in cls.__subclasses__():
         out.append(sub)
         out.extend(_all_subclasses(sub))
@@ -109,7 +109,8 @@ def error_from_problem(problem: dict[str, Any], http_status: int) -> QhybridErro
     """Rebuild the exception a problem document describes (used by the client)."""
     kind = str(problem.get("type", ""))
     slug = kind[len(PROBLEM_BASE):] if kind.startswith(PROBLEM_BASE) else ""
-    for cls in [QhybridError, *_all_subclasses(QhybridError)]:
+    classes: list[type[QhybridError]] = [QhybridError, *_all_subclasses(QhybridError)]
+    for cls in classes:
         if cls.slug == slug:
             extra = {k: v for k, v in problem.items()
                      if k not in {"type", "title", "status", "detail", "field"}}

@@ -46,6 +46,25 @@ def _die_with_parent() -> None:
         pass
 
 
+def _release_fork_server() -> None:
+    """Close our copy of the fork server's liveness pipe.
+
+    multiprocessing hands every forked child the write end of the pipe whose EOF tells the
+    fork server that the worker died. While user code holds it, a killed worker's fork
+    server never exits, so the parent-death signal above never reaches the user code.
+    """
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        server._forkserver_alive_fd = None
+
+
 def _apply_limits(spec: ChildSpec) -> None:
     if spec.cpus:
         try:
@@ -93,6 +112,7 @@ def format_error(exc: BaseException, tail_lines: int) -> str:
 def main(spec: ChildSpec) -> None:
     os.setsid()                     # its own process group: a cancel kills it and all it started
     _die_with_parent()
+    _release_fork_server()
     os.environ.clear()
     os.environ.update(spec.env)
     _redirect_output(spec.log_path)

@@ -15,12 +15,15 @@ import time
 from typing import Any
 
 from celery import Celery, shared_task
-from celery.signals import worker_init, worker_ready, worker_shutdown
+from celery.exceptions import Reject
+from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from tasks import defaults as d
+from tasks.hybrid import supervisor_class
 from tasks.queues import RUN_JOB_TASK, jobs_queue
+from tasks.reservations import repair as repair_reservations
 from tasks.services import Services, from_env
-from tasks.supervisor import Supervisor, warm_parent, worker_name
+from tasks.supervisor import warm_parent, worker_name
 
 log = logging.getLogger("qhybrid.worker")
 _slot = itertools.count()
@@ -41,6 +44,9 @@ def _cpus_for(threads: int) -> list[int]:
 
 @shared_task(name=RUN_JOB_TASK, ignore_result=True, acks_late=True)
 def run_job(job_id: str, attempt: int) -> None:
+    if _stop.is_set():
+        # a stopping worker may still be handed a prefetched message: give it back untouched
+        raise Reject("worker is stopping", requeue=True)
     services = from_env()
     reg = services.registry
     worker = worker_name()
@@ -55,8 +61,27 @@ def run_job(job_id: str, attempt: int) -> None:
         reg.transition(job_id, d.ERROR, allowed=[d.INITIALIZING], ended=time.time(),
                        error=f"resource class {job.get('resource_class')!r} is not configured here")
         return
-    Supervisor(job, reg, services.store, services.settings, rc, worker,
-               cpus=_cpus_for(rc.threads())).run()
+    celery = run_job.app
+    supervisor_class(job)(job, reg, services.store, services.settings, rc, worker,
+               cpus=_cpus_for(rc.threads()), stopping=_stop,
+               requeue=lambda reason: requeue_job(services, celery, job_id, reason)).run()
+
+
+def requeue_job(services: Services, celery: Celery, job_id: str, reason: str) -> None:
+    """A job whose worker went away runs again once; the second time it ends in ERROR."""
+    reg = services.registry
+    job = reg.get_job(job_id)
+    attempt = int(job.get("attempt") or 1)
+    if job["status"] == d.CANCELING:
+        reg.transition(job_id, d.CANCELED, allowed=[d.CANCELING], ended=time.time())
+    elif attempt < d.MAX_ATTEMPTS:
+        if reg.transition(job_id, d.QUEUED, allowed=list(d.ACTIVE_STATUSES),
+                          attempt=attempt + 1, detail=f"{reason}; running the job again"):
+            enqueue_job(celery, job_id, attempt + 1, job["resource_class"])
+    else:
+        reg.transition(job_id, d.ERROR, allowed=list(d.ACTIVE_STATUSES), ended=time.time(),
+                       error=f"{reason} ({attempt} times); the job was not run again",
+                       detail=reason)
 
 
 def reap_lost_jobs(services: Services, celery: Celery) -> list[str]:
@@ -74,18 +99,7 @@ def reap_lost_jobs(services: Services, celery: Celery) -> list[str]:
             continue
         if time.time() - (job.get("updated") or 0) < d.HEARTBEAT_TTL_S:
             continue  # just claimed; its first heartbeat is on the way
-        attempt = int(job.get("attempt") or 1)
-        now = time.time()
-        if job["status"] == d.CANCELING:
-            reg.transition(job_id, d.CANCELED, allowed=[d.CANCELING], ended=now)
-        elif attempt < d.MAX_ATTEMPTS:
-            if reg.transition(job_id, d.QUEUED, allowed=list(d.ACTIVE_STATUSES),
-                              attempt=attempt + 1, detail="worker lost; running the job again"):
-                enqueue_job(celery, job_id, attempt + 1, job["resource_class"])
-        else:
-            reg.transition(job_id, d.ERROR, allowed=list(d.ACTIVE_STATUSES), ended=now,
-                           error="worker lost: the worker running the job stopped, "
-                                 f"{attempt} times", detail="worker lost")
+        requeue_job(services, celery, job_id, "worker lost")
         handled.append(job_id)
     return handled
 
@@ -99,6 +113,7 @@ def _housekeeping(celery: Celery, queues: list[str]) -> None:
             services.registry.r.set(d.WORKER_KEY.format(name=name), info, ex=d.WORKER_TTL_S)
             if services.registry.lock(d.REAPER_LOCK_KEY, d.REAPER_INTERVAL_S * 0.9):
                 reap_lost_jobs(services, celery)
+                repair_reservations(services, celery)
         except Exception:
             log.exception("housekeeping failed")
         _stop.wait(d.REAPER_INTERVAL_S)
@@ -107,6 +122,9 @@ def _housekeeping(celery: Celery, queues: list[str]) -> None:
 
 @worker_init.connect
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    consumed = list(sender.app.amqp.queues.consume_from or {}) if sender is not None else []
+    if consumed and all(q.startswith("device.") for q in consumed):
+        return      # a device worker (tasks.devices) runs no user code
     warm_parent()   # pay qiskit's import once, before the first job
 
 
@@ -116,6 +134,11 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     queues = sorted(app.amqp.queues.consume_from or app.amqp.queues)
     threading.Thread(target=_housekeeping, args=(app, queues), name="housekeeping",
                      daemon=True).start()
+
+
+@worker_shutting_down.connect
+def _on_worker_shutting_down(**_: Any) -> None:
+    _stop.set()     # supervisors hand their jobs back to the queue; housekeeping ends
 
 
 @worker_shutdown.connect

@@ -64,8 +64,9 @@ class Registry:
     """Users, programs and jobs over one Redis connection."""
 
     def __init__(self, r: redis.Redis, raw: redis.Redis | None = None) -> None:
-        self.r = r
-        self.raw = raw or r
+        # Typed as Any: redis-py's stubs say bytes | str even for a decoding client.
+        self.r: Any = r
+        self.raw: Any = raw or r
         self._transition = r.register_script(_TRANSITION)
 
     # --- users ----------------------------------------------------------------------------
@@ -183,6 +184,12 @@ class Registry:
             raise NotFound(f"no job {job_id!r}")
         if moved:
             self.publish(job_id, "status")
+            if to in d.TERMINAL_STATUSES:
+                # However a job ends, its device goes to the next job and its queued quantum
+                # tasks are canceled (tasks.reservations; never raises).
+                from tasks.reservations import job_ended
+
+                job_ended(self, job_id)
         return bool(moved)
 
     def set_sub_status(self, job_id: str, sub_status: str) -> bool:

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing.context import ForkServerContext
@@ -25,7 +26,7 @@ from storage import keys
 from storage.store import ObjectStore
 from storage.tarsafe import pack_dir, safe_extract
 from tasks import defaults as d
-from tasks import files
+from tasks import files, quantum_tasks
 from tasks.channel import ChannelServer
 from tasks.child import ChildSpec
 from tasks.registry import Registry
@@ -33,6 +34,7 @@ from tasks.resources import ResourceClass
 from tasks.settings import SECRET_ENV_PREFIXES, Settings
 
 _ctx: ForkServerContext | None = None
+INTERRUPTED = "INTERRUPTED"     # not a job status: the worker stopped under the job
 
 # The warm parent starts with these, so libraries loaded there do not start a thread per core.
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
@@ -75,8 +77,13 @@ class Supervisor:
 
     def __init__(self, job: dict[str, Any], registry: Registry, store: ObjectStore,
                  settings: Settings, resource_class: ResourceClass, worker: str,
-                 cpus: list[int] | None = None) -> None:
+                 cpus: list[int] | None = None, stopping: threading.Event | None = None,
+                 requeue: Callable[[str], None] | None = None) -> None:
         self.job = job
+        # Set when the worker shuts down: the child is stopped and the job handed to `requeue`
+        # (run again elsewhere) instead of ending in ERROR.
+        self.stopping = stopping
+        self.requeue = requeue
         self.job_id: str = job["id"]
         self.registry = registry
         self.store = store
@@ -98,6 +105,7 @@ class Supervisor:
             "job_info": self.op_job_info,
         }
         self.ops.update(files.supervisor_ops(self))   # Client().files() ... inside the job
+        self.ops.update(quantum_tasks.channel_ops(self))   # qhybrid.get_backend() inside the job
         self._log_pos = 0
         self._live_bytes = 0
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -161,6 +169,7 @@ class Supervisor:
         env = clean_env({
             "QHYBRID_JOB_ID": self.job_id,
             "QHYBRID_JOB_NAME": self.job.get("job_name") or "",
+            "QHYBRID_JOB_DEVICE": self.job.get("device") or "",
             "QHYBRID_SUPERVISOR_SOCKET": str(self.socket_path),
             "QHYBRID_ARGUMENTS_FILE": str(args_file),
             "QHYBRID_RESULTS_DIR": str(self.results_dir),
@@ -200,6 +209,8 @@ class Supervisor:
             elif now > deadline:
                 limit = int(self.job.get("max_runtime") or self.settings.max_runtime_s)
                 outcome = (d.ERROR, f"the job exceeded its maximum run time of {limit} s")
+            elif self.stopping is not None and self.stopping.is_set():
+                outcome = (INTERRUPTED, "the worker running the job stopped")
             if outcome:
                 _kill_group(proc.pid)
                 proc.join()
@@ -239,6 +250,13 @@ class Supervisor:
 
     def finish(self, status: str, error: str) -> None:
         """Store logs and outputs, then record the final status (in that order)."""
+        if status == INTERRUPTED and self.requeue is not None:
+            self.requeue(error)
+            shutil.rmtree(self.job_dir, ignore_errors=True)
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            return
+        if status == INTERRUPTED:
+            status = d.ERROR
         try:
             if self.log_path.exists():
                 self.store.put_file(keys.job_logs(self.prefix), self.log_path)

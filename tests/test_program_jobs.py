@@ -198,16 +198,20 @@ def test_user_code_gets_no_credentials(service: RunningService, client: Client,
 def test_worker_killed_mid_job_runs_it_again(service: RunningService, tmp_path: Path) -> None:
     client = service.client()
     counter = tmp_path / "attempts"
-    src = (f"import time\nfrom qhybrid import save_result\n"
+    pid_file = tmp_path / "pid"
+    src = (f"import os, time\nfrom qhybrid import save_result\n"
            f"with open({str(counter)!r}, 'a') as fh: fh.write('x')\n"
            f"n = len(open({str(counter)!r}).read())\n"
-           f"time.sleep(4 if n == 1 else 0)\nsave_result({{'attempt': n}})\n")
+           f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+           f"time.sleep(60 if n == 1 else 0)\nsave_result({{'attempt': n}})\n")
     job = client.upload(Program(title="survivor", entrypoint="main.py", resources="medium",
                                 working_dir=write_program(tmp_path / "src", src))).run()
-    wait_until(lambda: counter.exists(), timeout=30)
+    wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=30)
+    first_pid = int(pid_file.read_text())
     worker = service.service.procs["worker-medium"]
-    os.killpg(worker.pid, signal.SIGKILL)
+    os.kill(worker.pid, signal.SIGKILL)            # the worker only: its user code must die too
     worker.wait()
+    wait_until(lambda: not _alive(first_pid), timeout=10)
     service.restart_worker("medium")
     assert job.result(timeout=90) == {"attempt": 2}
     events = [e for e in job.events() if e.get("detail")]

@@ -68,6 +68,16 @@ def test_up_serves_stops_and_restarts_with_everything_kept(tmp_path: Path) -> No
         assert made.returncode == 0, made.stderr
         bob = Client(url=client.url, token=made.stdout.strip())
         assert bob.jobs() == []
+        # a job still running when the service stops runs again after the restart
+        counter = tmp_path / "attempts"
+        slow = client.upload(Program(title="slow", entrypoint="main.py", working_dir=write_program(
+            tmp_path / "slow", f"import time\nfrom qhybrid import save_result\n"
+            f"with open({str(counter)!r}, 'a') as fh: fh.write('x')\n"
+            f"n = len(open({str(counter)!r}).read())\n"
+            f"time.sleep(120 if n == 1 else 0)\nsave_result({{'attempt': n}})\n"))).run()
+        deadline = time.monotonic() + 30
+        while not counter.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         del os.environ["XDG_CONFIG_HOME"]
         # when Ctrl-C arrives, every process it started stops
@@ -85,8 +95,11 @@ def test_up_serves_stops_and_restarts_with_everything_kept(tmp_path: Path) -> No
         assert again.token == client.token
         assert again.job(job.job_id).status() == "DONE"
         assert again.job(job.job_id).result() == {"kept": [1, 2]}
-        assert [p.title for p in again.programs()] == ["keep"]
+        assert [p.title for p in again.programs()] == ["keep", "slow"]
         assert again.run("keep").result(timeout=60) == {"kept": [1, 2]}
+        assert again.job(slow.job_id).result(timeout=60) == {"attempt": 2}
+        details = [e.get("detail") or "" for e in again.job(slow.job_id).events()]
+        assert any("worker running the job stopped" in d for d in details), details
         assert Client(url=again.url, token=bob.token).jobs() == []
     finally:
         del os.environ["XDG_CONFIG_HOME"]
