@@ -46,4 +46,18 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(pages.bp)
     pages.init_app(app)
+
+    from app import file_pages, files
+
+    app.register_blueprint(files.bp)
+    app.register_blueprint(file_pages.bp)
+    file_pages.init_app(app)
+
+    from app import devices
+
+    app.register_blueprint(devices.bp)
+
+    from app import hybrid_api
+
+    app.register_blueprint(hybrid_api.bp)
     return app

@@ -1,11 +1,259 @@
-"""HTML pages: login, the submission form, job pages."""
+"""HTML pages: login, the submission form, job pages.
+
+The pages call the same domain functions as the API (`app.jobs`); a browser session holds the
+user's token. Every form is CSRF-protected; the JSON API (bearer tokens, no cookies) is not.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask
+import functools
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    session,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from flask_wtf.csrf import CSRFError, CSRFProtect
+
+from app import jobs
+from app.auth import services, session_user
+from qhybrid import codec
+from qhybrid.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, QhybridError
+from storage import keys
+from tasks import defaults as d
+from tasks.registry import display_status
+from tasks.resources import pick_class
 
 bp = Blueprint("pages", __name__)
+csrf = CSRFProtect()
+F = TypeVar("F", bound=Callable[..., Any])
+
+API_PREFIX = "/api/"
 
 
 def init_app(app: Flask) -> None:
-    """Attach what the pages need (CSRF protection)."""
+    """Attach CSRF protection to every form, leaving out the JSON API.
+
+    Flask-WTF's own check exempts blueprints one by one; ours exempts by path instead, so an
+    API blueprint added later under /api/ needs nothing (bearer tokens, no cookies).
+    """
+    app.config["WTF_CSRF_CHECK_DEFAULT"] = False             # our hook below checks instead
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)       # valid for the session: long jobs
+    csrf.init_app(app)
+
+    @app.before_request
+    def _csrf_protect() -> None:
+        if app.config.get("WTF_CSRF_ENABLED", True) and not request.path.startswith(API_PREFIX):
+            csrf.protect(apply_exemptions=True)
+
+
+def login_required(view: F) -> F:
+    """Pages need a browser session with a valid token, else the login page."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        user = session_user()
+        if not user:
+            return redirect(url_for("pages.login", next=request.full_path.rstrip("?")))
+        g.user = user
+        return view(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
+
+
+@bp.errorhandler(QhybridError)
+def _error_page(exc: QhybridError) -> tuple[str, int]:
+    return render_template("error.html", title=exc.title, detail=exc.detail), exc.status
+
+
+@bp.app_errorhandler(CSRFError)
+def _csrf_error(exc: CSRFError) -> tuple[str, int]:
+    return render_template("error.html", title="The form was refused",
+                           detail=f"{exc.description} Reload the page and try again."), 400
+
+
+# --- login --------------------------------------------------------------------------------
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    nxt = request.values.get("next", "")
+    if not nxt.startswith("/") or nxt.startswith("//"):
+        nxt = url_for("pages.index")
+    if request.method == "GET":
+        return render_template("login.html", next=nxt)
+    token = request.form.get("token", "").strip()
+    if not services().registry.user_for_token(token):
+        return render_template("login.html", next=nxt,
+                               error="That token is not valid. `qhybrid user create NAME` "
+                                     "makes one."), 401
+    session.clear()
+    session["token"] = token
+    return redirect(nxt)
+
+
+@bp.post("/logout")
+def logout() -> ResponseReturnValue:
+    session.clear()
+    return redirect(url_for("pages.login"))
+
+
+# --- submission form and job list ---------------------------------------------------------
+@bp.get("/")
+@login_required
+def index() -> str:
+    return _index({"arguments": "{}"})
+
+
+def _index(form: dict[str, str], error: QhybridError | None = None) -> str:
+    svc = services()
+    page, total = svc.registry.list_jobs(g.user, limit=d.PAGE_JOBS_LISTED)
+    rows = [{"id": j["id"], "program": j.get("program") or j.get("job_name") or "",
+             "status": display_status(j["status"], j.get("sub_status")), "state": j["status"],
+             "created": jobs.iso(j.get("created"))} for j in page]
+    return render_template("index.html", classes=list(svc.classes.values()), form=form,
+                           error=error, jobs=rows, total=total)
+
+
+@bp.post("/")
+@login_required
+def submit() -> Any:
+    """Validate the whole form before anything is stored, then save and run the program."""
+    form = {k: request.form.get(k, "") for k in ("title", "entrypoint", "arguments",
+                                                   "resource_class")}
+    try:
+        job = _submit(form)
+    except QhybridError as exc:     # a form field is wrong (415 would blame the multipart body)
+        return _index(form, exc), 413 if isinstance(exc, PayloadTooLarge) else 400
+    return redirect(url_for("pages.job", job_id=job["id"]))
+
+
+def _submit(form: dict[str, str]) -> dict[str, Any]:
+    svc = services()
+    jobs.check_title(form["title"].strip())
+    try:
+        arguments = json.loads(form["arguments"] or "{}", parse_constant=_no_constant)
+    except ValueError as exc:
+        raise InvalidInput(f"arguments are not valid JSON: {exc}", field="arguments") from None
+    if not isinstance(arguments, dict):
+        raise InvalidInput("arguments must be a JSON object", field="arguments")
+    codec.validate(arguments, path="arguments")
+    if len(json.dumps(arguments, separators=(",", ":"))) > d.MAX_ARGUMENTS_BYTES:
+        raise PayloadTooLarge(f"arguments are larger than {d.MAX_ARGUMENTS_BYTES} bytes",
+                              field="arguments")
+    rc = pick_class(form["resource_class"] or None, svc.classes, field="resource_class")
+    source = request.files.get("source")
+    if source is None or not source.filename:
+        raise InvalidInput("choose a .py file or a tar of the working directory", field="source")
+    title = form["title"].strip()
+    jobs.save_program(svc, g.user, title=title, entrypoint=form["entrypoint"].strip() or None,
+                      source=source.stream, filename=source.filename, resources=rc.name)
+    return jobs.run_program(svc, current_app.extensions["qhybrid.celery"], g.user, title,
+                            {"arguments": arguments, "resources": rc.name})
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# --- one job ------------------------------------------------------------------------------
+@bp.get("/jobs/<job_id>")
+@login_required
+def job(job_id: str) -> str:
+    svc = services()
+    rec = svc.registry.get_job(job_id, g.user)
+    info = jobs.job_json(svc, rec)
+    logs, offset = jobs.read_logs(svc, rec, 0)
+    cut = len(logs) - d.PAGE_LOG_CHARS
+    if cut > 0:
+        logs = f"[... the first {cut} characters are left out ...]\n" + logs[cut:]
+    result, result_cut = None, False
+    if rec["status"] == d.DONE and info["has_result"]:
+        result = jobs.result_text(svc, rec)
+        result_cut = len(result) > d.PAGE_RESULT_CHARS
+        result = result[:d.PAGE_RESULT_CHARS] if result_cut else \
+            json.dumps(json.loads(result), indent=2)
+    has_model = rec["status"] in d.TERMINAL_STATUSES and \
+        svc.store.exists(keys.job_model(rec["prefix"]))
+    return render_template("job.html", job=info, logs=logs, offset=offset, result=result,
+                           result_cut=result_cut, has_model=has_model,
+                           terminal=rec["status"] in d.TERMINAL_STATUSES)
+
+
+@bp.get("/jobs/<job_id>/state")
+@login_required
+def job_state(job_id: str) -> Response:
+    """What the job page needs to refresh itself: status, events and the log after `offset`.
+
+    Answers at once when there is news, else waits up to `wait` seconds for some.
+    """
+    svc = services()
+    try:
+        offset = max(0, int(request.args.get("offset", "0")))
+        seen = int(request.args.get("events", "-1"))
+        wait = min(max(0.0, float(request.args.get("wait", "0"))), d.PAGE_POLL_WAIT_S)
+    except ValueError:
+        raise InvalidInput("offset, events and wait are numbers") from None
+    deadline = time.monotonic() + wait
+    with svc.registry.subscription(job_id) as pubsub:
+        while True:
+            rec = svc.registry.get_job(job_id, g.user)
+            events = svc.registry.events(job_id)
+            text, next_offset = jobs.read_logs(svc, rec, offset)
+            terminal = rec["status"] in d.TERMINAL_STATUSES
+            remaining = deadline - time.monotonic()
+            if text or terminal or len(events) != seen or remaining <= 0:
+                break
+            pubsub.get_message(timeout=min(remaining, 1.0))
+    return jsonify({"status": display_status(rec["status"], rec.get("sub_status")),
+                    "state": rec["status"], "terminal": terminal, "logs": text,
+                    "next_offset": next_offset,
+                    "events": [{**e, "at": jobs.iso(e["at"])} for e in events]})
+
+
+@bp.post("/jobs/<job_id>/cancel")
+@login_required
+def cancel(job_id: str) -> ResponseReturnValue:
+    try:
+        jobs.cancel_job(services(), g.user, job_id)
+    except Conflict as exc:             # it ended meanwhile: the page shows how
+        flash(exc.detail)
+    return redirect(url_for("pages.job", job_id=job_id))
+
+
+@bp.get("/jobs/<job_id>/model.tar.gz")
+@login_required
+def model(job_id: str) -> Any:
+    """The job's results directory, like the API's /jobs/<id>/model."""
+    svc = services()
+    rec = svc.registry.get_job(job_id, g.user)
+    key = keys.job_model(rec["prefix"])
+    if not svc.store.exists(key):
+        raise NotFound(f"job {job_id} has no model.tar.gz yet ({rec['status']})")
+    url = svc.store.presigned_url(key)
+    if url:
+        return redirect(url, code=302)
+    return send_file(svc.store.open(key), mimetype="application/gzip", as_attachment=True,
+                     download_name=f"{rec.get('job_name') or job_id}-model.tar.gz")
+
+
+@bp.get("/jobs/<job_id>/result.json")
+@login_required
+def result(job_id: str) -> Response:
+    """The whole saved result (encoded JSON), for results too long to show on the page."""
+    svc = services()
+    text = jobs.result_text(svc, svc.registry.get_job(job_id, g.user))
+    return Response(text, mimetype="application/json")

@@ -4,6 +4,7 @@ Importing this package loads neither the server (Celery, Flask, boto3) nor qiski
 """
 
 from qhybrid.client import Client, Job, Program
+from qhybrid.devices import get_backend, get_job_device
 from qhybrid.errors import (
     InvalidInput,
     JobCanceled,
@@ -14,6 +15,18 @@ from qhybrid.errors import (
     Timeout,
     Unauthorized,
 )
+from qhybrid.hybrid import HybridJob, hybrid_job
+from qhybrid.hybrid_env import (
+    get_checkpoint_dir,
+    get_hyperparameters,
+    get_input_data_dir,
+    get_job_name,
+    get_results_dir,
+    load_job_checkpoint,
+    log_metric,
+    save_job_checkpoint,
+)
+from qhybrid.local_job import LocalHybridJob
 from qhybrid.runtime import get_arguments, save_result, update_status
 
 __version__ = "0.1.0"
@@ -25,6 +38,19 @@ __all__ = [
     "get_arguments",
     "save_result",
     "update_status",
+    "get_backend",
+    "get_job_device",
+    "hybrid_job",
+    "HybridJob",
+    "LocalHybridJob",
+    "log_metric",
+    "get_input_data_dir",
+    "get_results_dir",
+    "get_checkpoint_dir",
+    "get_hyperparameters",
+    "get_job_name",
+    "save_job_checkpoint",
+    "load_job_checkpoint",
     "QhybridError",
     "InvalidInput",
     "NotFound",

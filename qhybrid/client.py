@@ -9,12 +9,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
-from qhybrid import codec, config
-from qhybrid.runtime import SubStatus
+from qhybrid import _channel, codec, config, devices
 from qhybrid.errors import (
     InvalidInput,
     JobCanceled,
@@ -23,16 +22,23 @@ from qhybrid.errors import (
     Timeout,
     error_from_problem,
 )
+from qhybrid.files import FilesMixin
+from qhybrid.runtime import SubStatus
+
+if TYPE_CHECKING:
+    from qhybrid.backend import QhybridBackend
 
 TERMINAL = frozenset({"DONE", "ERROR", "CANCELED"})
 WAIT_STEP_S = 30.0
 
 
-class Client:
+class Client(FilesMixin):
     """A connection to a qhybrid service (`Client()` finds the local one by itself)."""
 
     def __init__(self, url: str | None = None, token: str | None = None,
                  timeout: float = 60.0) -> None:
+        # Inside a job, Client() acts as the job's user through its supervisor (file calls).
+        self.in_job = url is None and token is None and _channel.in_job()
         self.url, self.token = config.resolve(url, token)
         self.timeout = timeout
         self.session = requests.Session()
@@ -105,6 +111,15 @@ class Client:
     def job(self, job_id: str) -> Job:
         return Job(self._json("GET", f"/jobs/{job_id}"), self)
 
+    # --- devices ---------------------------------------------------------------------------
+    def backends(self) -> list[QhybridBackend]:
+        """Every device as a Qiskit BackendV2 (`.device["status"]`: online, queue depth ...)."""
+        return devices.backends(self)
+
+    def backend(self, name: str) -> QhybridBackend:
+        """The named device as a Qiskit BackendV2: run() sends a quantum task to its queue."""
+        return devices.backend(self, name)
+
 
 @dataclass
 class Program:
@@ -161,6 +176,16 @@ class Job(SubStatus):
 
     def error_message(self) -> str:
         return str(self.refresh().get("error") or "")
+
+    def queue_position(self) -> int | None:
+        """Jobs ahead of this one for its device (1: next); None unless it waits for one."""
+        position = self.refresh().get("queue_position")
+        return None if position is None else int(position)
+
+    def quantum_tasks(self) -> list[dict[str, Any]]:
+        """The quantum tasks the job sent (id, device, status, priority, times), oldest first."""
+        body = self._client._json("GET", f"/jobs/{self.job_id}/quantum-tasks")
+        return list(body["quantum_tasks"])
 
     def cancel(self) -> bool:
         body = self._client._json("POST", f"/jobs/{self.job_id}/cancel")

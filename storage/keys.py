@@ -49,6 +49,25 @@ def user_data(user: str, file: str) -> str:
     return user_data_prefix(user) + _seg(file, "file")
 
 
+def program_data_prefix(user: str, title: str) -> str:
+    """`users/<user>/programs/<title>/data/`: a program-scoped flat file store.
+
+    It sits beside the program's source, not under `data/`, so listing the user's own store
+    never shows a program's files and a file name can never clash with a program title.
+    """
+    return f"{user_prefix(user)}/programs/{_seg(title, 'title')}/data/"
+
+
+def program_data(user: str, title: str, file: str) -> str:
+    """`users/<user>/programs/<title>/data/<file>`: one file of a program's store."""
+    return program_data_prefix(user, title) + _seg(file, "file")
+
+
+def files_prefix(user: str, function: str | None = None) -> str:
+    """The flat file store a call names: the user's own, or one program's (`function`)."""
+    return program_data_prefix(user, function) if function else user_data_prefix(user)
+
+
 def job_prefix(user: str, job_name: str, timestamp: str) -> str:
     """`users/<user>/jobs/<job_name>/<timestamp>`: the root of one job run."""
     return f"{user_prefix(user)}/jobs/{_seg(job_name, 'job_name')}/{_seg(timestamp, 'timestamp')}"
@@ -87,3 +106,28 @@ def job_result(prefix: str) -> str:
 def job_logs(prefix: str) -> str:
     """`<prefix>/output/logs.txt`: the job's stdout and stderr."""
     return f"{_prefix(prefix)}/output/logs.txt"
+
+
+def quantum_task_circuits(user: str, task_id: str) -> str:
+    """`users/<user>/quantum-tasks/<task_id>/circuits.qpy`: a large task's QPY payload (text)."""
+    return f"{user_prefix(user)}/quantum-tasks/{_seg(task_id, 'task_id')}/circuits.qpy"
+
+
+def quantum_task_result(user: str, task_id: str) -> str:
+    """`users/<user>/quantum-tasks/<task_id>/result.json`: a large task's result."""
+    return f"{user_prefix(user)}/quantum-tasks/{_seg(task_id, 'task_id')}/result.json"
+
+
+def job_function(prefix: str) -> str:
+    """`<prefix>/script/function.pkl`: a hybrid job's cloudpickled (function, args, kwargs)."""
+    return f"{_prefix(prefix)}/script/function.pkl"
+
+
+def job_pickled_result(prefix: str) -> str:
+    """`<prefix>/output/result.pkl`: a hybrid job's return value when it asked for pickle."""
+    return f"{_prefix(prefix)}/output/result.pkl"
+
+
+def job_metrics(prefix: str) -> str:
+    """`<prefix>/output/metrics.jsonl`: a hybrid job's metrics, one JSON record per line."""
+    return f"{_prefix(prefix)}/output/metrics.jsonl"

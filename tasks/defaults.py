@@ -56,3 +56,80 @@ VISIBILITY_TIMEOUT_S = SERVER_MAX_RUNTIME_S + 3600
 MAX_LIVE_LOG_BYTES = 16 * 1024**2           # live log in Redis; storage keeps the whole log
 WORKER_KEY = KEY_PREFIX + "worker:{name}"              # JSON presence of a worker: its queues; TTL
 WORKER_TTL_S = 10
+
+# --- HTML pages -------------------------------------------------------------------------
+PAGE_JOBS_LISTED = 50                       # newest jobs listed under the submission form
+PAGE_LOG_CHARS = 1024**2                    # a job page shows at most this much of the log's end
+PAGE_RESULT_CHARS = 256 * 1024              # longer results are linked, not shown
+PAGE_POLL_WAIT_S = 10.0                     # a job page's refresh request waits this long for news
+
+# --- Data files (the per-user flat file store) ------------------------------------------
+FILES_MAX_BYTES = 10 * 1024**3              # quota: a user's files (own + programs') total bytes
+FILES_MAX_COUNT = 1000                      # quota: a user's number of files
+FILE_SNIFF_BYTES = 64 * 1024                # first bytes read to recognise a tar or HDF5 file
+FILE_URL_EXPIRY_S = 300                     # presigned download URLs (S3) are valid this long
+FILES_LOCK_KEY = KEY_PREFIX + "files:lock:{user}"   # string with TTL: one upload of a user at a time
+FILES_LOCK_TTL_S = 60                       # refreshed while bytes flow; frees a crashed upload's lock
+FILES_LOCK_WAIT_S = 60.0                    # an upload waits this long for the user's previous one
+
+# --- Devices and quantum tasks ----------------------------------------------------------
+QTASK_KEY = KEY_PREFIX + "qtask:{task_id}"                 # hash: the quantum-task record
+QTASK_CIRCUITS_KEY = KEY_PREFIX + "qtask:{task_id}:circuits"  # string: QPY payload until it ran
+QTASK_RESULT_KEY = KEY_PREFIX + "qtask:{task_id}:result"   # string: result JSON when small
+QTASK_CHANGED_CHANNEL = KEY_PREFIX + "qtask:{task_id}:changed"  # pub/sub: status changes
+USER_QTASKS_KEY = KEY_PREFIX + "qtasks:{user}"             # sorted set: task id -> created
+JOB_QTASKS_KEY = KEY_PREFIX + "job:{job_id}:qtasks"        # sorted set: the job's task ids -> created
+RUNNING_QTASKS_KEY = KEY_PREFIX + "qtasks:running"         # set of task ids a device worker runs
+DEVICE_QUEUED_KEY = KEY_PREFIX + "device:{device}:queued:{priority}"  # sorted set: queued task ids
+DEVICE_RUNS_KEY = KEY_PREFIX + "device:{device}:runs"      # list: task ids in the order they started
+DEVICE_HOLDER_KEY = KEY_PREFIX + "device:{device}:holder"  # string: id of the job holding the device
+DEVICE_WAITING_KEY = KEY_PREFIX + "device:{device}:waiting"  # sorted set: job id -> arrival number
+DEVICE_ARRIVALS_KEY = KEY_PREFIX + "device:arrivals"       # counter: first come, first served
+QTASK_STATUSES = (QUEUED, RUNNING, DONE, ERROR, CANCELED)
+MAX_QTASK_CIRCUITS_BYTES = 64 * 1024**2     # one quantum task's QPY payload (base64 text)
+QTASK_INLINE_BYTES = 512 * 1024             # payloads and results up to this stay in Redis, else storage
+DEVICE_RUNS_KEPT = 1000                     # run order kept per device (for status and tests)
+DEVICE_DISPATCH_GRACE_S = 10.0              # a granted job not yet sent after this is sent again
+CHANNEL_RESULT_WAIT_S = 1.0                 # one channel call waits this long for a task's result
+
+# --- Hybrid jobs (@hybrid_job) ----------------------------------------------------------
+JOB_METRICS_KEY = KEY_PREFIX + "job:{job_id}:metrics"  # list of JSON metric records, in order
+MAX_METRICS_PER_JOB = 100_000               # further log_metric calls are dropped (noted in the log)
+MAX_FUNCTION_BYTES = 50 * 1024**2           # a hybrid job's cloudpickled function and arguments
+MAX_INPUT_DATA_BYTES = 5 * 1024**3          # local input channels of one job, unpacked
+MAX_CHECKPOINT_BYTES = 64 * 1024**2         # one save_job_checkpoint
+MAX_DEPENDENCIES = 100                      # requirement lines of one job
+DEPENDENCY_INSTALL_TIMEOUT_S = 900          # pip install of a job's dependencies (when allowed)
+
+# --- Distributed tasks (distribute_task, put, map_reduce) -------------------------------
+TASK_KEY = KEY_PREFIX + "task:{task_id}"                   # hash: the task record
+TASK_PAYLOAD_KEY = KEY_PREFIX + "task:{task_id}:payload"   # bytes: pickled (args, kwargs), until it ran
+TASK_RESULT_KEY = KEY_PREFIX + "task:{task_id}:result"     # bytes: pickled return value when small
+TASK_LOG_KEY = KEY_PREFIX + "task:{task_id}:log"           # string: the task's output, capped
+TASK_HEARTBEAT_KEY = KEY_PREFIX + "task:{task_id}:heartbeat"  # string with TTL while it runs
+TASK_INBOX_KEY = KEY_PREFIX + "inbox:{owner}"              # list: "<task id> <status>" as they end
+JOB_TASKS_KEY = KEY_PREFIX + "job:{job_id}:tasks"          # sorted set: task id -> submission order
+JOB_TASK_SEQ_KEY = KEY_PREFIX + "job:{job_id}:taskseq"     # counter behind that order
+JOB_QUEUED_TASKS_KEY = KEY_PREFIX + "job:{job_id}:queued"  # hash: resource class -> tasks queued
+JOB_FUNCTION_KEY = KEY_PREFIX + "job:{job_id}:fn:{digest}"  # bytes: a pickled task function
+JOB_OBJECT_KEY = KEY_PREFIX + "job:{job_id}:obj:{ref}"     # bytes: an object put() when small
+JOB_USAGE_KEY = KEY_PREFIX + "job:{job_id}:usage"          # hash: "<stage>|CPU_TIME" -> seconds
+TASK_STATUSES = (QUEUED, RUNNING, DONE, ERROR, CANCELED)
+TASK_INLINE_BYTES = 512 * 1024              # payloads, results and put() objects up to this stay in Redis
+TASK_CHANNEL_INLINE_BYTES = 256 * 1024      # bigger values cross the local channel as spool files
+MAX_TASK_BLOB_BYTES = 2 * 1024**3           # one task's arguments, result or put() object
+MAX_TASKS_PER_JOB = 1_000_000
+TASK_BATCH_S = 0.005                        # user code: calls this close together go as one group
+TASK_BATCH_MAX = 1000                       # ... up to this many per group
+TASK_COLLECT_WAIT_S = 0.5                   # one channel call waits this long for results
+TASK_RECONCILE_S = 1.0                      # a waiting supervisor re-reads task records this often
+TASK_TICK_S = 0.05                          # a task supervisor checks for cancel this often
+TASK_HEARTBEAT_TTL_S = 10                   # a running task whose heartbeat is older lost its worker
+MAX_TASK_ATTEMPTS = 2                       # a task whose worker died is sent again once
+TASK_END_WAIT_S = 10.0                      # a job that ends waits this long for its tasks to stop
+TASK_EXPIRY_S = 7 * 24 * 3600               # task records after their job ended (listing)
+TASK_RESULT_EXPIRY_S = 24 * 3600            # results, payloads and put() objects after the job ended
+TASK_LOG_MAX_BYTES = 64 * 1024              # output kept per task (its start and its end)
+TASK_ERROR_LINES = 40                       # remote traceback lines kept per failed task
+EXECUTOR_IDLE_S = 30.0                      # a job's idle task executor process is stopped after this
+EXECUTOR_START_TIMEOUT_S = 60.0

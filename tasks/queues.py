@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 RUN_JOB_TASK = "qhybrid.run_job"
+RUN_QUANTUM_TASK = "qhybrid.run_quantum_task"
+
+# Quantum-task message priorities. Celery's Redis transport keeps one list per priority step
+# and its BRPOP names them lowest number first, so 0 is served before 9 (and a message without
+# a priority counts as 0). Tasks of the job holding a device go first.
+HOLDER_PRIORITY = 0
+STANDALONE_PRIORITY = 9
 
 
 def jobs_queue(resource_class: str) -> str:

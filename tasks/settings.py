@@ -33,6 +33,12 @@ class Settings:
     max_runtime_s: int = defaults.DEFAULT_MAX_RUNTIME_S
     server_max_runtime_s: int = defaults.SERVER_MAX_RUNTIME_S
     secret_key: str = field(default="", repr=False)
+    files_max_bytes: int = defaults.FILES_MAX_BYTES    # per-user quota of the flat file store
+    files_max_count: int = defaults.FILES_MAX_COUNT
+    files_redirect: bool = True    # S3 downloads: redirect to a presigned URL, else stream through
+    devices_path: Path | None = None   # TOML of extra devices (backends.registry.load_devices)
+    device_threads: int = 0            # simulator threads per quantum task; 0: cores / slots
+    allow_installs: bool = False       # hybrid jobs may pip-install their `dependencies`
 
     @classmethod
     def from_env(cls, env: os._Environ[str] | dict[str, str] | None = None) -> Settings:
@@ -50,6 +56,12 @@ class Settings:
             max_runtime_s=int(env.get("QHYBRID_MAX_RUNTIME", defaults.DEFAULT_MAX_RUNTIME_S)),
             server_max_runtime_s=int(env.get("QHYBRID_SERVER_MAX_RUNTIME", defaults.SERVER_MAX_RUNTIME_S)),
             secret_key=env.get("QHYBRID_SECRET_KEY", ""),
+            files_max_bytes=int(env.get("QHYBRID_FILES_MAX_BYTES", defaults.FILES_MAX_BYTES)),
+            files_max_count=int(env.get("QHYBRID_FILES_MAX_COUNT", defaults.FILES_MAX_COUNT)),
+            files_redirect=env.get("QHYBRID_FILES_REDIRECT", "1").lower() not in ("0", "false", "no"),
+            devices_path=Path(env["QHYBRID_DEVICES"]) if env.get("QHYBRID_DEVICES") else None,
+            device_threads=int(env.get("QHYBRID_DEVICE_THREADS") or 0),
+            allow_installs=env.get("QHYBRID_ALLOW_INSTALLS", "0").lower() in ("1", "true", "yes"),
         )
 
 

@@ -116,6 +116,7 @@ def start_service(tmp: Path, redis_url: str, backend: str, endpoint: str | None,
                       log_dir=tmp / "logs")
     service.start_web()
     service.start_workers()
+    service.start_device_workers()
     try:
         service.wait_ready(timeout=90)
     except Exception:

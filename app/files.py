@@ -1,0 +1,76 @@
+"""The data-file API under /api/v1/files: list, upload, download, delete (streamed both ways).
+
+An upload is the raw request body (`PUT /files/<name>`), read from `request.stream` in chunks
+straight into the store; form parsing (`request.files`) would spool it first. Downloads
+stream from the store, or on S3 redirect to a short-lived presigned URL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, redirect, request
+from werkzeug.wsgi import wrap_file
+
+from app.auth import services, token_required
+from qhybrid.files import check_name
+from tasks.files import CHUNK, DataFiles, FileInfo
+
+bp = Blueprint("files", __name__, url_prefix="/api/v1")
+
+
+def data_files() -> DataFiles:
+    svc = services()
+    return DataFiles(svc.store, svc.registry, svc.settings)
+
+
+def function_arg() -> str | None:
+    """The `function=` query argument: a program whose store is meant, else the user's own."""
+    return request.args.get("function") or None
+
+
+def file_response(files: DataFiles, user: str, name: str, function: str | None) -> Any:
+    """A stored file as a download: a redirect to storage (S3) or streamed through."""
+    url = files.download_url(user, name, function)
+    if url:
+        return redirect(url, code=302)
+    reader, size = files.open(user, name, function)
+    resp = Response(wrap_file(request.environ, reader, CHUNK), mimetype="application/octet-stream",
+                    direct_passthrough=True)
+    resp.content_length = size
+    resp.headers.set("Content-Disposition", "attachment", filename=name)
+    return resp
+
+
+@bp.get("/files")
+@token_required
+def list_files() -> Response:
+    files = data_files()
+    function = function_arg()
+    listed = files.list(g.user, function)
+    return jsonify({"function": function, "files": [f.to_json() for f in listed],
+                    "usage": files.usage(g.user).to_json()})
+
+
+@bp.put("/files/<path:name>")
+@token_required
+def upload_file(name: str) -> tuple[Response, int]:
+    """Store the request body as `name`, replacing a file of that name (atomically)."""
+    check_name(name)
+    info: FileInfo
+    info, created = data_files().put(g.user, name, request.stream, function_arg(),
+                                     length=request.content_length)
+    return jsonify(info.to_json()), 201 if created else 200
+
+
+@bp.get("/files/<path:name>")
+@token_required
+def download_file(name: str) -> Any:
+    return file_response(data_files(), g.user, check_name(name), function_arg())
+
+
+@bp.delete("/files/<path:name>")
+@token_required
+def delete_file(name: str) -> tuple[str, int]:
+    data_files().delete(g.user, check_name(name), function_arg())
+    return "", 204

@@ -1,0 +1,138 @@
+"""Devices from the user's side: `QhybridBackend`s over HTTP (a laptop) or over the job's
+supervisor channel (inside a job, where user code holds no credentials).
+
+Importing this module imports neither qiskit nor the server; `qhybrid.backend` (qiskit) is
+imported when a backend is built.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from qhybrid import _channel
+from qhybrid.errors import InvalidInput, Timeout
+from qhybrid.hybrid_env import ENV_JOB_DEVICE
+
+if TYPE_CHECKING:
+    from qhybrid.backend import QhybridBackend
+    from qhybrid.client import Client
+
+#: The longest one result request waits on the server (it answers at once when the task ends).
+RESULT_STEP_S = 30.0
+
+
+def _deadline(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if math.isnan(timeout) or timeout < 0:
+        raise InvalidInput(f"timeout must be a non-negative number, got {timeout!r}")
+    return time.monotonic() + timeout
+
+
+def _step(deadline: float | None, most: float) -> float:
+    return most if deadline is None else max(0.0, min(most, deadline - time.monotonic()))
+
+
+class HttpTransport:
+    """Quantum tasks through the REST API (`/api/v1/quantum-tasks`)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def submit(self, device: str, circuits: str, options: dict[str, Any]) -> str:
+        body = self.client._json("POST", "/quantum-tasks",
+                                 json={"device": device, "circuits": circuits, "options": options})
+        return str(body["task_id"])
+
+    def status(self, task_id: str) -> str:
+        return str(self.client._json("GET", f"/quantum-tasks/{task_id}")["status"])
+
+    def result(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        deadline = _deadline(timeout)
+        while True:
+            step = _step(deadline, RESULT_STEP_S)
+            resp = self.client.request("GET", f"/quantum-tasks/{task_id}/result", ok=(200, 202),
+                                       params={"wait": step}, timeout=step + 30)
+            if resp.status_code == 200:
+                return dict(resp.json()["result"])
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(f"quantum task {task_id} has not finished after {timeout} s")
+
+    def cancel(self, task_id: str) -> None:
+        self.client._json("POST", f"/quantum-tasks/{task_id}/cancel")
+
+
+class ChannelTransport:
+    """Quantum tasks through the job's supervisor, which submits them as the job's user; tasks
+    of the job that holds the device go ahead of standalone ones."""
+
+    def submit(self, device: str, circuits: str, options: dict[str, Any]) -> str:
+        return str(_channel.call("qtask_submit", device=device, circuits=circuits,
+                                 options=options))
+
+    def status(self, task_id: str) -> str:
+        return str(_channel.call("qtask_status", task_id=task_id))
+
+    def result(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        # Short waits: the channel serves one call of this process at a time.
+        deadline = _deadline(timeout)
+        while True:
+            reply = _channel.call("qtask_result", task_id=task_id,
+                                  timeout=_step(deadline, RESULT_STEP_S))
+            if reply.get("done"):
+                return dict(reply["result"])
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(f"quantum task {task_id} has not finished after {timeout} s")
+
+    def cancel(self, task_id: str) -> None:
+        _channel.call("qtask_cancel", task_id=task_id)
+
+
+def list_devices(client: Client) -> list[dict[str, Any]]:
+    """Every device's description and status (qubits, basis gates, online, queue depth ...)."""
+    return list(client._json("GET", "/devices")["devices"])
+
+
+def backend(client: Client, name: str) -> QhybridBackend:
+    """The named device as a Qiskit BackendV2 whose run() goes through the HTTP API."""
+    from qhybrid.backend import QhybridBackend
+
+    return QhybridBackend(client._json("GET", f"/devices/{name}"), HttpTransport(client))
+
+
+def backends(client: Client) -> list[QhybridBackend]:
+    from qhybrid.backend import QhybridBackend
+
+    transport = HttpTransport(client)
+    return [QhybridBackend(desc, transport) for desc in list_devices(client)]
+
+
+def get_job_device() -> str | None:
+    """The device the running job holds or was given (None outside a job, or with none)."""
+    return os.environ.get(ENV_JOB_DEVICE) or None
+
+
+def get_backend(name: str | None = None) -> QhybridBackend:
+    """A device as a Qiskit BackendV2 (default: the job's device).
+
+    Inside a job its tasks go through the job's supervisor, and run before standalone tasks
+    while the job holds the device; elsewhere through `Client()` (the configured service).
+    """
+    from qhybrid.backend import QhybridBackend
+
+    name = name or get_job_device()
+    if _channel.in_job():
+        desc = _channel.call("device_info", name=name)
+        return QhybridBackend(desc, ChannelTransport())
+    if not name:
+        raise InvalidInput("name a device: get_backend('aer_simulator')", field="name")
+    from qhybrid.client import Client
+
+    return backend(Client(), name)
+
+
+__all__ = ["ChannelTransport", "HttpTransport", "backend", "backends", "get_backend",
+           "get_job_device", "list_devices"]

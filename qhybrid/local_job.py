@@ -1,0 +1,388 @@
+"""Local mode: a hybrid job in a local child process, with no server, Redis or Docker.
+
+`./<job_name>/` holds what the service would keep in storage::
+
+    job.json            what to run: the job's name, device, channels, result format
+    function.pkl        the cloudpickled (function, args, kwargs)
+    hyperparameters.json
+    input/<channel>/    copies of the local input data
+    checkpoints/        checkpoints (also those copied from copy_checkpoints_from_job)
+    results/            the working directory, packed into model.tar.gz at the end
+    log.txt  metrics.jsonl  result.json (or result.pkl)  model.tar.gz  status.json
+
+The child runs `python -m qhybrid.local_job <dir>` with the caller's interpreter and import
+path, so the function finds the same packages it would find in the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from qhybrid import codec
+from qhybrid.errors import InvalidInput, JobCanceled, JobFailed, Timeout
+from qhybrid.hybrid_env import (
+    ENV_CHECKPOINT_DIR,
+    ENV_HYPERPARAMETERS_FILE,
+    ENV_INPUT_DIR,
+    ENV_JOB_DEVICE,
+    ENV_JOB_ID,
+    ENV_JOB_NAME,
+    ENV_METRICS_FILE,
+    ENV_RESULTS_DIR,
+)
+from qhybrid.hybrid_rules import RETURN_HINT
+from qhybrid.metrics import pivot
+
+TERMINAL = frozenset({"DONE", "ERROR", "CANCELED"})
+POLL_S = 0.05
+ERROR_TAIL_LINES = 15
+
+
+# --- archives -------------------------------------------------------------------------------
+def pack_results(results: Path, archive: Path) -> None:
+    """model.tar.gz of the results directory (links are stored as links, never followed)."""
+    tmp = archive.with_name(archive.name + ".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for entry in sorted(results.iterdir()):
+            tar.add(entry, arcname=entry.name,
+                    filter=lambda info: None if "__pycache__" in info.name.split("/") else info)
+    os.replace(tmp, archive)
+
+
+def extract_model(archive: Path, dest: Path) -> Path:
+    """Unpack model.tar.gz into `dest` with tarfile's data filter (no escapes, no devices)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "r:*") as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def _copy_input(source: Path, dest: Path) -> None:
+    if source.is_dir():
+        shutil.copytree(source, dest, symlinks=False, dirs_exist_ok=True)
+    else:
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest / source.name)
+
+
+# --- the handle -----------------------------------------------------------------------------
+class LocalHybridJob:
+    """A hybrid job running (or run) locally: the same methods as the service's handle."""
+
+    def __init__(self, directory: Path, proc: subprocess.Popen[bytes] | None = None) -> None:
+        self.directory = Path(directory).resolve()
+        self._proc = proc
+        self._spec: dict[str, Any] = json.loads((self.directory / "job.json").read_text())
+        self.name: str = self._spec["job_name"]
+        self.job_id: str = self._spec["job_id"]
+
+    def __repr__(self) -> str:
+        return f"<LocalHybridJob {self.name} {self.state()}>"
+
+    @classmethod
+    def create(cls, *, job_name: str, payload: bytes, hyperparameters: dict[str, str],
+               channels: dict[str, str], device: str | None, result_format: str,
+               copy_checkpoints_from_job: str | None, base: Path | None = None
+               ) -> LocalHybridJob:
+        """Lay out `./<job_name>/` and start the child."""
+        base = Path.cwd() if base is None else base
+        directory = base / job_name
+        if directory.exists():
+            raise InvalidInput(f"{directory} exists; choose another job_name or remove it",
+                               field="job_name")
+        inputs: dict[str, dict[str, Any]] = {}
+        for channel, source in channels.items():
+            if "://" in source:
+                raise InvalidInput(f"local mode reads local files only; {source!r} is a storage "
+                                   "URI (download it first, or run on the service)",
+                                   field=f"input_data.{channel}")
+            path = Path(source)
+            if not path.exists():
+                raise InvalidInput(f"input {source!r} does not exist", field=f"input_data.{channel}")
+            inputs[channel] = {"path": str(path.resolve()), "is_dir": path.is_dir(),
+                               "link": _link_of(source)}
+        old_checkpoints = None
+        if copy_checkpoints_from_job:
+            old_checkpoints = base / copy_checkpoints_from_job / "checkpoints"
+            if not old_checkpoints.is_dir():
+                raise InvalidInput(f"no local job {copy_checkpoints_from_job!r} with checkpoints "
+                                   f"in {base}", field="copy_checkpoints_from_job")
+        directory.mkdir(parents=True)
+        for sub in ("input", "checkpoints", "results"):
+            (directory / sub).mkdir()
+        for channel, info in inputs.items():
+            _copy_input(Path(info["path"]), directory / "input" / channel)
+        if old_checkpoints is not None:
+            shutil.copytree(old_checkpoints, directory / "checkpoints", dirs_exist_ok=True)
+        (directory / "function.pkl").write_bytes(payload)
+        (directory / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+        (directory / "metrics.jsonl").touch()
+        (directory / "log.txt").touch()
+        spec = {"job_name": job_name, "job_id": f"local-{job_name}", "device": device or "",
+                "result_format": result_format, "created": time.time(),
+                "input_data": {c: {"is_dir": i["is_dir"], "link": i["link"],
+                                   "name": Path(i["path"]).name} for c, i in inputs.items()}}
+        (directory / "job.json").write_text(json.dumps(spec))
+        return cls(directory, cls._start(directory, spec))
+
+    @staticmethod
+    def _start(directory: Path, spec: dict[str, Any]) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        env.update({
+            ENV_JOB_NAME: spec["job_name"], ENV_JOB_ID: spec["job_id"],
+            ENV_RESULTS_DIR: str(directory / "results"),
+            ENV_CHECKPOINT_DIR: str(directory / "checkpoints"),
+            ENV_INPUT_DIR: str(directory / "input"),
+            ENV_HYPERPARAMETERS_FILE: str(directory / "hyperparameters.json"),
+            ENV_METRICS_FILE: str(directory / "metrics.jsonl"),
+            ENV_JOB_DEVICE: spec["device"],
+            "PYTHONUNBUFFERED": "1",
+            # the caller's import path: a function pickled by reference finds its module
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        })
+        env.pop("QHYBRID_SUPERVISOR_SOCKET", None)
+        with open(directory / "log.txt", "ab") as log:
+            return subprocess.Popen([sys.executable, "-m", "qhybrid.local_job", str(directory)],
+                                    cwd=directory / "results", env=env, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    # --- state ---------------------------------------------------------------------------------
+    def _status(self) -> dict[str, Any]:
+        path = self.directory / "status.json"
+        try:
+            status: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            status = {"state": "QUEUED"}
+        if status["state"] in TERMINAL or self._proc is None:
+            return status
+        code = self._proc.poll()
+        if code is not None:
+            status = self._read_final(code)
+        return status
+
+    def _read_final(self, code: int) -> dict[str, Any]:
+        path = self.directory / "status.json"
+        try:
+            status: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            status = {}
+        if status.get("state") not in TERMINAL:
+            how = (f"was killed by {signal.Signals(-code).name}" if code < 0
+                   else f"exited with code {code}")
+            status = {"state": "ERROR", "error": f"the local job's process {how}",
+                      "ended": time.time()}
+            _write_json(path, status)
+        return status
+
+    def state(self) -> str:
+        """QUEUED, RUNNING, DONE, ERROR or CANCELED."""
+        return str(self._status()["state"])
+
+    def status(self) -> str:
+        return self.state()
+
+    def queue_position(self) -> int | None:
+        """Local jobs start at once: never queued."""
+        return None
+
+    def error_message(self) -> str:
+        return str(self._status().get("error") or "")
+
+    def wait(self, timeout: float | None = None) -> str:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (state := self.state()) not in TERMINAL:
+            if deadline is not None and time.monotonic() > deadline:
+                raise Timeout(f"local job {self.name} still {state} after {timeout} s")
+            if self._proc is not None:
+                try:
+                    self._proc.wait(POLL_S if deadline is None
+                                    else max(0.0, min(1.0, deadline - time.monotonic())))
+                except subprocess.TimeoutExpired:
+                    pass
+            else:
+                time.sleep(POLL_S)
+        return state
+
+    def cancel(self) -> bool:
+        """Kill the child and everything it started."""
+        if self.state() in TERMINAL:
+            return self.state() == "CANCELED"
+        if self._proc is not None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._proc.wait()
+        _write_json(self.directory / "status.json", {"state": "CANCELED", "ended": time.time()})
+        return True
+
+    # --- outputs -------------------------------------------------------------------------------
+    def logs(self, wait: bool = False) -> str:
+        """The log; with wait=True it is printed as the job writes it, until the job ends."""
+        path = self.directory / "log.txt"
+        if not wait:
+            return path.read_text(encoding="utf-8", errors="replace")
+        out = []
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            while True:
+                done = self.state() in TERMINAL
+                chunk = fh.read()
+                if chunk:
+                    out.append(chunk)
+                    sys.stdout.write(chunk)
+                    sys.stdout.flush()
+                elif done:
+                    return "".join(out)
+                else:
+                    time.sleep(POLL_S)
+
+    def result(self, timeout: float | None = None, allow_pickle: bool = False) -> Any:
+        """The function's return value; JobFailed with the error if it raised."""
+        state = self.wait(timeout)
+        if state == "ERROR":
+            raise JobFailed(self.error_message() or "the job failed", job_id=self.job_id)
+        if state == "CANCELED":
+            raise JobCanceled(f"local job {self.name} was canceled", job_id=self.job_id)
+        pickled = self.directory / "result.pkl"
+        if pickled.exists():
+            if not allow_pickle:
+                raise InvalidInput("this job's result is pickled; result(allow_pickle=True) "
+                                   "unpickles it (only do that for results you trust)")
+            import cloudpickle
+
+            return cloudpickle.loads(pickled.read_bytes())
+        return codec.loads((self.directory / "result.json").read_text())
+
+    def metrics(self, metric_type: str = "timestamp", statistic: str = "max"
+                ) -> dict[str, list[Any]]:
+        """Columnar metrics (see qhybrid.metrics.pivot)."""
+        lines = (self.directory / "metrics.jsonl").read_text().splitlines()
+        return pivot((json.loads(line) for line in lines if line.strip()), metric_type, statistic)
+
+    def download_result(self, extract_to: str | os.PathLike[str] | None = None,
+                        timeout: float | None = None) -> Path:
+        """Wait for the job, then unpack model.tar.gz into `<extract_to>/<job_name>/`."""
+        self.wait(timeout)
+        archive = self.directory / "model.tar.gz"
+        if not archive.exists():
+            raise InvalidInput(f"local job {self.name} left no model.tar.gz")
+        return extract_model(archive, Path(extract_to or ".") / self.name)
+
+
+def _link_of(source: str) -> str:
+    """The relative path where the job also finds a local input ('' for absolute ones)."""
+    p = Path(source)
+    if p.is_absolute() or ".." in p.parts:
+        return ""
+    return p.as_posix().rstrip("/") if p.parts else ""
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+# --- the child ------------------------------------------------------------------------------
+def link_inputs(results: Path, input_dir: Path, inputs: dict[str, dict[str, Any]]) -> list[Path]:
+    """Make each local input reachable at its original relative path in the working directory.
+
+    Returns what was made (links, then the directories made for them), to be removed before
+    the results are packed.
+    """
+    made: list[Path] = []
+    dirs: list[Path] = []
+    for channel, info in inputs.items():
+        link = info.get("link")
+        if not link:
+            continue
+        target = input_dir / channel
+        if not info.get("is_dir"):
+            target = target / info["name"]
+        where = results / link
+        if where.exists() or where.is_symlink() or not target.exists():
+            continue
+        parent = where.parent
+        missing = []
+        while not parent.exists():
+            missing.append(parent)
+            parent = parent.parent
+        for directory in reversed(missing):
+            directory.mkdir()
+            dirs.append(directory)
+        where.symlink_to(target, target_is_directory=target.is_dir())
+        made.append(where)
+    return made + list(reversed(dirs))
+
+
+def unlink_inputs(made: list[Path]) -> None:
+    for path in made:
+        try:
+            if path.is_symlink():
+                path.unlink()
+            elif path.is_dir():
+                path.rmdir()          # only if the job left it empty
+        except OSError:
+            pass
+
+
+def format_error(exc: BaseException) -> str:
+    lines = "".join(traceback.format_exception(exc)).rstrip().splitlines()
+    return f"{type(exc).__name__}: {exc}\n\n" + "\n".join(lines[-ERROR_TAIL_LINES:])
+
+
+def run(directory: Path) -> int:
+    """Run the job in this process (the child): what the supervisor does, without a server."""
+    spec = json.loads((directory / "job.json").read_text())
+    status_path = directory / "status.json"
+    started = time.time()
+    _write_json(status_path, {"state": "RUNNING", "pid": os.getpid(), "started": started})
+    results = directory / "results"
+    os.chdir(results)
+    made = link_inputs(results, directory / "input", spec["input_data"])
+    state, error = "DONE", ""
+    try:
+        import cloudpickle
+
+        with open(directory / "function.pkl", "rb") as fh:
+            fn, args, kwargs = cloudpickle.load(fh)
+        value = fn(*args, **kwargs)
+        if spec["result_format"] == "pickle":
+            (directory / "result.pkl").write_bytes(cloudpickle.dumps(value))
+        else:
+            try:
+                text = codec.dumps(value, path="return value")
+            except InvalidInput as exc:
+                raise InvalidInput(f"{exc.detail}. The function's {RETURN_HINT}") from None
+            (directory / "result.json").write_text(text)
+    except BaseException as exc:  # the job's error, as the service reports it
+        traceback.print_exc()
+        state, error = "ERROR", format_error(exc)
+    finally:
+        unlink_inputs(made)
+        try:
+            pack_results(results, directory / "model.tar.gz")
+        except Exception as exc:
+            if state == "DONE":
+                state, error = "ERROR", f"packing the results failed: {exc}"
+        sys.stdout.flush()
+        sys.stderr.flush()
+    final = {"state": state, "started": started, "ended": time.time()}
+    if error:
+        final["error"] = error
+    _write_json(status_path, final)
+    return 0 if state == "DONE" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run(Path(sys.argv[1])))

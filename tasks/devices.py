@@ -1,0 +1,201 @@
+"""Devices on the server: the configured registry, each device's status, and the device worker.
+
+A device worker is a Celery worker consuming `device.<name>` queues with the prefork pool:
+each quantum task runs in a long-lived pool process that caches its aer simulators (building a
+127-qubit noisy one takes about a second), while the main process stays responsive for the
+broker and the housekeeping thread (aer holds the GIL while it simulates). Start one with
+
+    python -m tasks.devices [--devices a,b] [--concurrency 1] [--name device]
+
+which runs `celery worker` on the queues of those devices (default: every configured device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from celery import shared_task
+from celery.signals import task_failure, worker_init
+
+from backends.registry import DeviceRegistry, DeviceSpec, default_registry, load_devices
+from qhybrid.errors import InvalidInput, QhybridError, TaskFailed
+from tasks import defaults as d
+from tasks.queues import RUN_QUANTUM_TASK, device_queue
+from tasks.settings import Settings
+
+# The presence name (`tasks.supervisor.worker_name`) of this worker's main process: prefork
+# pool processes are forked after this module is imported, so they inherit it.
+_WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: Path | None) -> DeviceRegistry:
+    return load_devices(path) if path else default_registry()
+
+
+def device_registry(settings: Settings) -> DeviceRegistry:
+    """The devices this service offers: the built-in ones plus `QHYBRID_DEVICES` (TOML)."""
+    return _load(settings.devices_path)
+
+
+def device_spec(settings: Settings, name: Any, field: str = "device") -> DeviceSpec:
+    """The named device; an unknown name is bad input that lists the devices."""
+    devices = device_registry(settings)
+    if not isinstance(name, str) or name not in devices:
+        raise InvalidInput(f"unknown device {name!r}; devices: {', '.join(devices.names())}",
+                           field=field, devices=devices.names())
+    return devices.get(name)
+
+
+def device_threads(settings: Settings, concurrency: int = 1) -> int:
+    """Simulator threads per quantum task: configured, else the worker's cores per slot."""
+    if settings.device_threads > 0:
+        return settings.device_threads
+    return max(1, len(os.sched_getaffinity(0)) // max(1, concurrency))
+
+
+def device_status(r: Any, spec: DeviceSpec, live_queues: dict[str, list[str]],
+                  user: str | None = None) -> dict[str, Any]:
+    """What a device is doing: online, queue depth by priority, who holds it, who waits.
+
+    The holding job's id is shown to its own user only.
+    """
+    from tasks.quantum_tasks import QuantumTasks
+    from tasks.reservations import holder, waiting
+
+    workers = live_queues.get(device_queue(spec.name), [])
+    holding = holder(r, spec.name)
+    owner = r.hget(d.JOB_KEY.format(job_id=holding), "user") if holding else None
+    return {
+        "online": bool(workers),
+        "workers": len(workers),
+        "queue_depth": QuantumTasks(r).queue_depth(spec.name),
+        "held": holding is not None,
+        "holding_job": holding if holding and user is not None and owner == user else None,
+        "jobs_waiting": len(waiting(r, spec.name)),
+    }
+
+
+# --- the device worker ------------------------------------------------------------------------
+
+
+@shared_task(name=RUN_QUANTUM_TASK, ignore_result=True, acks_late=True)
+def run_quantum_task(task_id: str) -> None:
+    """Run one quantum task on its device and record its result; a canceled one is dropped."""
+    from backends.execute import run_task
+    from qhybrid.backend import failure_message
+    from tasks.quantum_tasks import QuantumTasks
+    from tasks.services import from_env
+
+    services = from_env()
+    tasks = QuantumTasks(services.registry.r)
+    try:
+        rec = tasks.get(task_id)
+    except QhybridError:
+        return
+    if not tasks.transition(rec, d.RUNNING, [d.QUEUED], started=time.time(),
+                            worker=_WORKER_NAME):
+        return  # canceled, or a second delivery of a task that already ran
+    try:
+        spec = device_registry(services.settings).get(rec["device"])
+        payload = tasks.circuits(services.store, rec)
+        data = run_task(spec, payload, rec["options"], device_threads(services.settings))
+        text = _dumps(data)
+        fields = tasks.store_result(services.store, rec, text)
+    except Exception as exc:
+        error = exc if isinstance(exc, QhybridError) else QhybridError(
+            f"{type(exc).__name__}: {exc}")
+        tasks.transition(rec, d.ERROR, [d.RUNNING], ended=time.time(),
+                         error=error.to_problem())
+        tasks.drop_circuits(services.store, rec)
+        return
+    if data.get("success"):
+        tasks.transition(rec, d.DONE, [d.RUNNING], ended=time.time(), **fields)
+    else:
+        tasks.transition(rec, d.ERROR, [d.RUNNING], ended=time.time(), **fields,
+                         error=TaskFailed(failure_message(data)).to_problem())
+    tasks.drop_circuits(services.store, rec)
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(data, separators=(",", ":"), allow_nan=False)
+
+
+@task_failure.connect
+def _on_task_failure(sender: Any = None, args: Sequence[Any] | None = None,
+                     exception: BaseException | None = None, **_: Any) -> None:
+    """The pool process died mid-task (killed, out of memory): end the task in ERROR.
+
+    Celery sends this in the worker's main process for a lost pool process; errors inside
+    the task are handled by the task itself.
+    """
+    if getattr(sender, "name", None) != RUN_QUANTUM_TASK or not args:
+        return
+    from tasks.quantum_tasks import QuantumTasks
+    from tasks.services import from_env
+
+    tasks = QuantumTasks(from_env().registry.r)
+    try:
+        rec = tasks.get(str(args[0]))
+    except QhybridError:
+        return
+    error = TaskFailed(f"the device worker's process running it stopped: {exception!r}")
+    tasks.transition(rec, d.ERROR, [d.QUEUED, d.RUNNING], ended=time.time(),
+                     error=error.to_problem())
+
+
+@worker_init.connect
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    """In a device worker, import aer before the pool forks, so no task pays for it."""
+    queues = getattr(getattr(sender, "app", None), "amqp", None)
+    names = list(queues.queues.consume_from or {}) if queues is not None else []
+    if names and all(name.startswith(device_queue("")) for name in names):
+        import backends.execute  # noqa: F401
+
+
+def worker_argv(devices: Sequence[str], concurrency: int, name: str) -> list[str]:
+    """The `celery worker` command line of a device worker for `devices`."""
+    return [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker",
+            "--queues", ",".join(device_queue(device) for device in devices),
+            "--include", "tasks.devices", "--hostname", f"{name}@%h",
+            "--pool", "prefork", "--concurrency", str(concurrency),
+            "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
+            "--without-heartbeat"]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m tasks.devices`: become a device worker (exec's celery)."""
+    parser = argparse.ArgumentParser(prog="python -m tasks.devices",
+                                     description="Run a device worker for quantum tasks.")
+    parser.add_argument("--devices", default="",
+                        help="comma-separated device names [default: every configured device]")
+    parser.add_argument("--concurrency", type=int, default=1,
+                        help="quantum tasks run at once (one pool process each) [default: 1]")
+    parser.add_argument("--name", default="device", help="Celery node name [default: device]")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    registry = device_registry(settings)
+    names = [n for n in args.devices.split(",") if n] or registry.names()
+    for n in names:
+        device_spec(settings, n)
+    os.environ.setdefault("QHYBRID_DEVICE_THREADS",
+                          str(device_threads(settings, args.concurrency)))
+    command = worker_argv(names, max(1, args.concurrency), args.name)
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except QhybridError as exc:
+        sys.exit(f"qhybrid device worker: {exc}")

@@ -1,0 +1,382 @@
+"""Quantum tasks: their records in Redis, submission to a device queue, results and cancel.
+
+A quantum task is one `backend.run(circuits)` on a device. The API and a job's supervisor
+submit it here: the circuits are checked against the device at once (too wide, not in its
+Target, too much memory), stored with the record, and one Celery message carrying only the
+task id goes to `device.<name>`, with the higher priority when the task comes from the job
+that holds the device (`tasks.reservations`). A device worker (`tasks.devices`) runs it.
+
+Every status change is one atomic Lua call, as for jobs: QUEUED -> RUNNING -> DONE | ERROR,
+or QUEUED -> CANCELED. A running task is not interrupted; it finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+
+from qhybrid.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TaskFailed,
+    error_from_problem,
+)
+from storage import keys
+from storage.store import ObjectStore
+from tasks import defaults as d
+from tasks.queues import HOLDER_PRIORITY, RUN_QUANTUM_TASK, STANDALONE_PRIORITY, device_queue
+from tasks.settings import Settings
+
+if TYPE_CHECKING:
+    from tasks.supervisor import Supervisor
+
+#: The two priorities a task is queued with, as the API names them.
+PRIORITY = "priority"
+NORMAL = "normal"
+
+_TRANSITION = """
+-- KEYS: task, queued (priority), queued (normal), running set, device runs
+-- ARGV: to, allowed (csv), now, runs kept, then field/value pairs
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return -1 end
+local ok = false
+for s in string.gmatch(ARGV[2], '[^,]+') do if s == cur then ok = true end end
+if not ok then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated', ARGV[3])
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local id = redis.call('HGET', KEYS[1], 'id')
+if ARGV[1] ~= 'QUEUED' then
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', KEYS[3], id)
+end
+if ARGV[1] == 'RUNNING' then
+  redis.call('SADD', KEYS[4], id)
+  redis.call('RPUSH', KEYS[5], id)
+  redis.call('LTRIM', KEYS[5], -tonumber(ARGV[4]), -1)
+else
+  redis.call('SREM', KEYS[4], id)
+end
+return 1
+"""
+
+_FLOATS = {"created", "started", "ended", "updated"}
+_INTS = {"num_circuits", "num_qubits", "shots", "payload_bytes", "result_bytes"}
+
+
+def _is_id(task_id: str) -> bool:
+    return isinstance(task_id, str) and 0 < len(task_id) <= 64 and task_id.isalnum()
+
+
+def _unflat(rec: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in rec.items():
+        if value.startswith("json:"):
+            out[key] = json.loads(value[5:])
+        elif key in _FLOATS:
+            out[key] = float(value) if value else None
+        elif key in _INTS:
+            out[key] = int(value) if value else None
+        else:
+            out[key] = value if value != "" else None
+    return out
+
+
+def _flat(fields: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for key, value in fields.items():
+        if value is None:
+            out[key] = ""
+        elif isinstance(value, dict | list):
+            out[key] = "json:" + json.dumps(value)
+        else:
+            out[key] = str(value)
+    return out
+
+
+class QuantumTasks:
+    """Quantum-task records over one Redis connection (strings decoded)."""
+
+    def __init__(self, r: Any) -> None:
+        self.r = r
+        self._transition = r.register_script(_TRANSITION)
+
+    # --- records ---------------------------------------------------------------------------
+    def get(self, task_id: str, user: str | None = None) -> dict[str, Any]:
+        """The task record; another user's task is reported as missing."""
+        rec = self.r.hgetall(d.QTASK_KEY.format(task_id=task_id)) if _is_id(task_id) else {}
+        if not rec or (user is not None and rec.get("user") != user):
+            raise NotFound(f"no quantum task {task_id!r}")
+        return _unflat(rec)
+
+    def many(self, ids: Iterable[str]) -> list[dict[str, Any]]:
+        pipe = self.r.pipeline()
+        for task_id in ids:
+            pipe.hgetall(d.QTASK_KEY.format(task_id=task_id))
+        return [_unflat(rec) for rec in pipe.execute() if rec]
+
+    def for_job(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's quantum tasks, oldest first."""
+        return self.many(self.r.zrange(d.JOB_QTASKS_KEY.format(job_id=job_id), 0, -1))
+
+    def for_user(self, user: str, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """A page of the user's quantum tasks, newest first, and how many there are."""
+        key = d.USER_QTASKS_KEY.format(user=user)
+        ids = self.r.zrevrange(key, offset, offset + limit - 1)
+        return self.many(ids), int(self.r.zcard(key))
+
+    def transition(self, rec: dict[str, Any], to: str, allowed: Iterable[str],
+                   **fields: Any) -> bool:
+        """Move the task to `to` if it stands in `allowed`; True when it moved (and published)."""
+        device = rec["device"]
+        keys_ = [d.QTASK_KEY.format(task_id=rec["id"]),
+                 d.DEVICE_QUEUED_KEY.format(device=device, priority=PRIORITY),
+                 d.DEVICE_QUEUED_KEY.format(device=device, priority=NORMAL),
+                 d.RUNNING_QTASKS_KEY, d.DEVICE_RUNS_KEY.format(device=device)]
+        args: list[Any] = [to, ",".join(allowed), time.time(), d.DEVICE_RUNS_KEPT]
+        for key, value in _flat(fields).items():
+            args += [key, value]
+        moved = self._transition(keys=keys_, args=args)
+        if moved == -1:
+            raise NotFound(f"no quantum task {rec['id']!r}")
+        if moved:
+            self.r.publish(d.QTASK_CHANGED_CHANNEL.format(task_id=rec["id"]), to)
+        return bool(moved)
+
+    def run_order(self, device: str) -> list[str]:
+        """Task ids in the order device workers started them (the newest DEVICE_RUNS_KEPT)."""
+        return list(self.r.lrange(d.DEVICE_RUNS_KEY.format(device=device), 0, -1))
+
+    def queue_depth(self, device: str) -> dict[str, int]:
+        pipe = self.r.pipeline()
+        for priority in (PRIORITY, NORMAL):
+            pipe.zcard(d.DEVICE_QUEUED_KEY.format(device=device, priority=priority))
+        high, normal = pipe.execute()
+        return {PRIORITY: int(high), NORMAL: int(normal)}
+
+    # --- payloads and results ---------------------------------------------------------------
+    def circuits(self, store: ObjectStore, rec: dict[str, Any]) -> str:
+        """The task's QPY payload, from Redis or storage."""
+        if rec.get("circuits_in") == "storage":
+            return store.get_bytes(keys.quantum_task_circuits(rec["user"], rec["id"])).decode()
+        text = self.r.get(d.QTASK_CIRCUITS_KEY.format(task_id=rec["id"]))
+        if text is None:
+            raise NotFound(f"quantum task {rec['id']} has no circuits any more")
+        return str(text)
+
+    def drop_circuits(self, store: ObjectStore, rec: dict[str, Any]) -> None:
+        """Forget the payload once the task ran or was canceled."""
+        self.r.delete(d.QTASK_CIRCUITS_KEY.format(task_id=rec["id"]))
+        if rec.get("circuits_in") == "storage":
+            store.delete(keys.quantum_task_circuits(rec["user"], rec["id"]))
+
+    def store_result(self, store: ObjectStore, rec: dict[str, Any], text: str) -> dict[str, Any]:
+        """Keep a result's JSON text (Redis when small, else storage); the fields to record."""
+        size = len(text.encode())
+        if size <= d.QTASK_INLINE_BYTES:
+            self.r.set(d.QTASK_RESULT_KEY.format(task_id=rec["id"]), text)
+            return {"result_in": "redis", "result_bytes": size}
+        store.put_bytes(keys.quantum_task_result(rec["user"], rec["id"]), text.encode())
+        return {"result_in": "storage", "result_bytes": size}
+
+    def result_text(self, store: ObjectStore, rec: dict[str, Any]) -> str | None:
+        """The result JSON text of an ended task; None while it is queued or running.
+
+        A task that failed before simulating raises its error; a canceled one, Conflict. A
+        simulation that failed has a result (success false) that the client raises from.
+        """
+        status = rec["status"]
+        if status in (d.QUEUED, d.RUNNING):
+            return None
+        if status == d.CANCELED:
+            raise Conflict(f"quantum task {rec['id']} was canceled", task_id=rec["id"],
+                           state=status)
+        where = rec.get("result_in")
+        if where == "storage":
+            return store.get_bytes(keys.quantum_task_result(rec["user"], rec["id"])).decode()
+        if where == "redis":
+            text = self.r.get(d.QTASK_RESULT_KEY.format(task_id=rec["id"]))
+            if text is not None:
+                return str(text)
+        problem = rec.get("error") or {}
+        if isinstance(problem, dict) and problem.get("type"):
+            raise error_from_problem(problem, int(problem.get("status") or 500))
+        raise TaskFailed(f"quantum task {rec['id']} ended {status} without a result")
+
+    @contextmanager
+    def subscription(self, task_id: str) -> Iterator[Any]:
+        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(d.QTASK_CHANGED_CHANNEL.format(task_id=task_id))
+        try:
+            yield pubsub
+        finally:
+            pubsub.close()
+
+    def wait_for(self, task_id: str, user: str | None, timeout: float) -> dict[str, Any]:
+        """Block until the task ended or `timeout` passes; the task record."""
+        rec = self.get(task_id, user)
+        if rec["status"] in d.TERMINAL_STATUSES or timeout <= 0:
+            return rec
+        deadline = time.monotonic() + timeout
+        with self.subscription(task_id) as pubsub:
+            while True:
+                rec = self.get(task_id, user)
+                remaining = deadline - time.monotonic()
+                if rec["status"] in d.TERMINAL_STATUSES or remaining <= 0:
+                    return rec
+                pubsub.get_message(timeout=min(remaining, 5.0))
+
+    # --- cancel ------------------------------------------------------------------------------
+    def cancel(self, store: ObjectStore, task_id: str, user: str | None) -> dict[str, Any]:
+        """A queued task never runs; a running or ended one answers Conflict."""
+        rec = self.get(task_id, user)
+        if self.transition(rec, d.CANCELED, [d.QUEUED], ended=time.time()):
+            self.drop_circuits(store, rec)
+            return self.get(task_id)
+        rec = self.get(task_id)
+        if rec["status"] == d.CANCELED:
+            return rec
+        raise Conflict(f"quantum task {task_id} is {rec['status']}; only a queued task can be "
+                       "canceled (a running one finishes)", task_id=task_id, state=rec["status"])
+
+    def cancel_queued_for_job(self, store: ObjectStore | None, job_id: str) -> list[str]:
+        """Cancel the job's quantum tasks that have not started (the job ended)."""
+        canceled = []
+        for rec in self.for_job(job_id):
+            if rec["status"] == d.QUEUED and self.transition(
+                    rec, d.CANCELED, [d.QUEUED], ended=time.time(),
+                    error=Conflict("its job ended before it ran").to_problem()):
+                canceled.append(rec["id"])
+                self.r.delete(d.QTASK_CIRCUITS_KEY.format(task_id=rec["id"]))
+                if store is not None and rec.get("circuits_in") == "storage":
+                    store.delete(keys.quantum_task_circuits(rec["user"], rec["id"]))
+        return canceled
+
+
+# --- submission ----------------------------------------------------------------------------
+
+
+def check_payload(circuits: Any) -> str:
+    """The circuits field: QPY text (`qhybrid.codec.encode_circuits`) of bounded size."""
+    if not isinstance(circuits, str) or not circuits:
+        raise InvalidInput("circuits must be QPY data as text (qhybrid.codec.encode_circuits)",
+                           field="circuits")
+    if len(circuits) > d.MAX_QTASK_CIRCUITS_BYTES:
+        raise PayloadTooLarge(f"circuits are larger than {d.MAX_QTASK_CIRCUITS_BYTES} bytes",
+                              field="circuits")
+    return circuits
+
+
+def submit(r: Any, store: ObjectStore, celery: Celery, settings: Settings, *, user: str,
+           device: Any, circuits: Any, options: Any, job_id: str | None = None) -> dict[str, Any]:
+    """Check a quantum task completely, record it QUEUED and send it to its device queue.
+
+    Tasks of the job that holds the device are sent with the higher priority.
+    """
+    from backends import MAX_SHOTS, check_circuits
+    from qhybrid.backend import validate_run_options
+    from qhybrid.codec import decode_circuits
+    from tasks.devices import device_spec
+    from tasks.reservations import holder
+
+    spec = device_spec(settings, device)
+    payload = check_payload(circuits)
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise InvalidInput("options must be an object", field="options")
+    run_options = validate_run_options(options)
+    if run_options["shots"] > MAX_SHOTS:
+        raise InvalidInput(f"shots must be at most {MAX_SHOTS}", field="shots")
+    batch = decode_circuits(payload)
+    check_circuits(spec, batch)
+
+    priority = PRIORITY if job_id and holder(r, spec.name) == job_id else NORMAL
+    task_id = uuid.uuid4().hex
+    created = time.time()
+    inline = len(payload) <= d.QTASK_INLINE_BYTES
+    record = {"id": task_id, "user": user, "device": spec.name, "job_id": job_id or "",
+              "status": d.QUEUED, "priority": priority, "created": created, "updated": created,
+              "options": run_options, "shots": run_options["shots"],
+              "num_circuits": len(batch), "num_qubits": max(c.num_qubits for c in batch),
+              "payload_bytes": len(payload), "circuits_in": "redis" if inline else "storage"}
+    if not inline:
+        store.put_bytes(keys.quantum_task_circuits(user, task_id), payload.encode())
+    pipe = r.pipeline()
+    pipe.hset(d.QTASK_KEY.format(task_id=task_id), mapping=_flat(record))
+    if inline:
+        pipe.set(d.QTASK_CIRCUITS_KEY.format(task_id=task_id), payload)
+    pipe.zadd(d.USER_QTASKS_KEY.format(user=user), {task_id: created})
+    if job_id:
+        pipe.zadd(d.JOB_QTASKS_KEY.format(job_id=job_id), {task_id: created})
+    pipe.zadd(d.DEVICE_QUEUED_KEY.format(device=spec.name, priority=priority), {task_id: created})
+    pipe.execute()
+    tasks = QuantumTasks(r)
+    try:
+        celery.send_task(RUN_QUANTUM_TASK, args=[task_id], queue=device_queue(spec.name),
+                         priority=HOLDER_PRIORITY if priority == PRIORITY else STANDALONE_PRIORITY)
+    except Exception as exc:
+        tasks.transition(record, d.ERROR, [d.QUEUED], ended=time.time(),
+                         error=ServiceUnavailable(f"could not queue the task: {exc}").to_problem())
+        raise ServiceUnavailable(f"could not queue the quantum task: {exc}") from exc
+    if job_id and r.hget(d.JOB_KEY.format(job_id=job_id), "status") in d.TERMINAL_STATUSES:
+        tasks.cancel_queued_for_job(store, job_id)  # the job ended while this was submitted
+    return tasks.get(task_id)
+
+
+# --- what a job's user code may ask its supervisor ------------------------------------------
+
+
+def channel_ops(sup: Supervisor) -> dict[str, Callable[..., Any]]:
+    """Supervisor operations behind `qhybrid.get_backend()` inside a job.
+
+    The child holds no credentials: the supervisor submits and reads tasks as the job's user,
+    and only that user's tasks are visible.
+    """
+    user: str = sup.job["user"]
+    job_id = sup.job_id
+    tasks = QuantumTasks(sup.registry.r)
+
+    def device_info(name: str | None = None) -> dict[str, Any]:
+        from backends import describe
+        from tasks.devices import device_spec
+
+        name = name or sup.job.get("device")
+        if not name:
+            raise InvalidInput("name a device: this job has none", field="name")
+        return describe(device_spec(sup.settings, name))
+
+    def qtask_submit(device: str, circuits: str, options: dict[str, Any]) -> str:
+        from tasks.celery_app import app as celery
+
+        rec = submit(sup.registry.r, sup.store, celery, sup.settings, user=user, device=device,
+                     circuits=circuits, options=options, job_id=job_id)
+        return str(rec["id"])
+
+    def qtask_status(task_id: str) -> str:
+        return str(tasks.get(task_id, user)["status"])
+
+    def qtask_result(task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        wait = d.CHANNEL_RESULT_WAIT_S if timeout is None else min(float(timeout),
+                                                                   d.CHANNEL_RESULT_WAIT_S)
+        rec = tasks.wait_for(task_id, user, max(0.0, wait))
+        text = tasks.result_text(sup.store, rec)
+        return {"done": False} if text is None else {"done": True, "result": json.loads(text)}
+
+    def qtask_cancel(task_id: str) -> str:
+        return str(tasks.cancel(sup.store, task_id, user)["status"])
+
+    return {"device_info": device_info, "qtask_submit": qtask_submit,
+            "qtask_status": qtask_status, "qtask_result": qtask_result,
+            "qtask_cancel": qtask_cancel}
+
+
+__all__ = ["NORMAL", "PRIORITY", "QuantumTasks", "channel_ops", "check_payload", "submit"]
