@@ -42,5 +42,16 @@ def token_required(view: F) -> F:
 
 def session_user() -> str | None:
     """The user of a logged-in browser session, if its token is still valid."""
-    token = session.get("token")
-    return services().registry.user_for_token(token) if token else None
+    digest = session.get("token_hash")
+    return services().registry.user_for_token_hash(digest) if digest else None
+
+
+def log_in(token: str) -> str | None:
+    """Start a browser session for `token`'s user; the cookie holds only the token's hash."""
+    from tasks.registry import hash_token
+
+    user = services().registry.user_for_token(token)
+    if user:
+        session.clear()
+        session["token_hash"] = hash_token(token)
+    return user

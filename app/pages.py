@@ -31,7 +31,7 @@ from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from app import jobs
-from app.auth import services, session_user
+from app.auth import log_in, services, session_user
 from qhybrid import codec
 from qhybrid.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, QhybridError
 from storage import keys
@@ -95,13 +95,10 @@ def login() -> Any:
         nxt = url_for("pages.index")
     if request.method == "GET":
         return render_template("login.html", next=nxt)
-    token = request.form.get("token", "").strip()
-    if not services().registry.user_for_token(token):
+    if not log_in(request.form.get("token", "").strip()):
         return render_template("login.html", next=nxt,
                                error="That token is not valid. `qhybrid user create NAME` "
                                      "makes one."), 401
-    session.clear()
-    session["token"] = token
     return redirect(nxt)
 
 

@@ -90,9 +90,10 @@ class Registry:
         return token
 
     def user_for_token(self, token: str) -> str | None:
-        if not token:
-            return None
-        user = self.r.get(d.TOKEN_KEY.format(token_hash=hash_token(token)))
+        return self.user_for_token_hash(hash_token(token)) if token else None
+
+    def user_for_token_hash(self, digest: str) -> str | None:
+        user = self.r.get(d.TOKEN_KEY.format(token_hash=digest)) if digest else None
         return str(user) if user else None
 
     def user_exists(self, name: str) -> bool:
