@@ -21,7 +21,7 @@ from typing import Any
 import requests
 
 from qhybrid import config
-from tasks.queues import device_queue, jobs_queue
+from tasks.queues import device_queue, jobs_queue, tasks_queue
 from tasks.redis_client import connect, redis_server_binary
 from tasks.registry import Registry
 from tasks.resources import load_classes
@@ -103,6 +103,7 @@ class Service:
     def start_workers(self) -> None:
         for cls in self.classes:
             self._spawn(f"worker-{cls}", worker_command(cls))
+            self._spawn(f"worker-tasks-{cls}", task_worker_command(cls))
 
     def start_device_workers(self) -> None:
         """One device worker consuming every configured device's queue (tasks.devices)."""
@@ -120,6 +121,7 @@ class Service:
         deadline = time.monotonic() + timeout
         last: dict[str, object] = {}
         expected = [jobs_queue(c) for c in self.classes] + self._device_queues()
+        expected += [tasks_queue(c) for c in self.classes if f"worker-tasks-{c}" in self.procs]
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
@@ -176,6 +178,17 @@ def worker_command(resource_class: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker",
             "--queues", jobs_queue(resource_class), "--hostname", f"{resource_class}@%h",
             "--pool", "threads", "--concurrency", str(_slots(resource_class)),
+            "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+
+
+def task_worker_command(resource_class: str, concurrency: int | None = None,
+                        name: str | None = None) -> list[str]:
+    """A worker for the class's distributed tasks (`tasks.<class>`), apart from its job worker,
+    so jobs waiting on their tasks never hold the slots the tasks need."""
+    return [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker",
+            "--queues", tasks_queue(resource_class),
+            "--hostname", f"{name or 'tasks-' + resource_class}@%h",
+            "--pool", "threads", "--concurrency", str(concurrency or _slots(resource_class)),
             "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]
 
 
@@ -237,7 +250,8 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
         log(f"qhybrid is up at {service.url}")
         log(f"  token of user '{LOCAL_USER}': {token}  (written to {config.config_path()})")
         log(f"  data: {settings.data_dir}   storage: {settings.storage_url}")
-        log(f"  workers: {', '.join(jobs_queue(c) for c in service.classes)}, device.*"
+        log(f"  workers: {', '.join(jobs_queue(c) for c in service.classes)}, "
+            f"{', '.join(tasks_queue(c) for c in service.classes)}, device.*"
             "   Ctrl-C stops it")
         while not stopping:
             for name, proc in list(service.procs.items()):

@@ -11,7 +11,9 @@
     log.txt  metrics.jsonl  result.json (or result.pkl)  model.tar.gz  status.json
 
 The child runs `python -m qhybrid.local_job <dir>` with the caller's interpreter and import
-path, so the function finds the same packages it would find in the caller.
+path, so the function finds the same packages it would find in the caller. A device named in
+the job is reached through the configured service (`Client()`), as Braket's local mode runs
+its tasks on the real devices; its tasks get no priority.
 """
 
 from __future__ import annotations
@@ -113,7 +115,10 @@ class LocalHybridJob:
                                "link": _link_of(source)}
         old_checkpoints = None
         if copy_checkpoints_from_job:
-            old_checkpoints = base / copy_checkpoints_from_job / "checkpoints"
+            old_name = copy_checkpoints_from_job
+            if not (base / old_name).is_dir() and old_name.startswith("local-"):
+                old_name = old_name[len("local-"):]          # a local job's id
+            old_checkpoints = base / old_name / "checkpoints"
             if not old_checkpoints.is_dir():
                 raise InvalidInput(f"no local job {copy_checkpoints_from_job!r} with checkpoints "
                                    f"in {base}", field="copy_checkpoints_from_job")

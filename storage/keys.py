@@ -108,6 +108,16 @@ def job_logs(prefix: str) -> str:
     return f"{_prefix(prefix)}/output/logs.txt"
 
 
+def job_task_blob(prefix: str, name: str) -> str:
+    """`<prefix>/tasks/<name>`: a distributed task's large function, arguments, result or object."""
+    return f"{_prefix(prefix)}/tasks/{_seg(name, 'name')}"
+
+
+def job_task_blobs(prefix: str) -> str:
+    """`<prefix>/tasks/`: everything `job_task_blob` stored for one job (a prefix)."""
+    return f"{_prefix(prefix)}/tasks/"
+
+
 def quantum_task_circuits(user: str, task_id: str) -> str:
     """`users/<user>/quantum-tasks/<task_id>/circuits.qpy`: a large task's QPY payload (text)."""
     return f"{user_prefix(user)}/quantum-tasks/{_seg(task_id, 'task_id')}/circuits.qpy"

@@ -32,6 +32,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     app.autodiscover_tasks(["tasks"], related_name="jobs", force=True)
+    app.autodiscover_tasks(["tasks"], related_name="distributed", force=True)
     return app
 
 

@@ -103,6 +103,8 @@ def run_quantum_task(task_id: str) -> None:
         return
     if not tasks.transition(rec, d.RUNNING, [d.QUEUED], started=time.time(),
                             worker=_WORKER_NAME):
+        if rec["status"] == d.CANCELED:  # its job may have ended without access to storage
+            tasks.drop_circuits(services.store, rec)
         return  # canceled, or a second delivery of a task that already ran
     try:
         spec = device_registry(services.settings).get(rec["device"])

@@ -80,17 +80,24 @@ class Usage:
                 "max_bytes": self.max_bytes, "max_files": self.max_files}
 
 
+class UploadInterrupted(InvalidInput):
+    """The client stopped sending before the end of the upload; nothing was stored."""
+
+
 class _UploadReader:
     """The upload as the store reads it: the sniffed head, then the rest of the stream.
 
-    It counts bytes against what the quota leaves and raises PayloadTooLarge past it, which
-    aborts the store's write; `tick` runs now and then (to keep the user's lock).
+    It counts bytes against what the quota leaves and raises PayloadTooLarge past it, and
+    UploadInterrupted if the stream ends before its declared length: either aborts the
+    store's write. `tick` runs now and then (to keep the user's lock).
     """
 
-    def __init__(self, head: bytes, rest: IO[bytes], limit: int, tick: Callable[[], None]) -> None:
+    def __init__(self, head: bytes, rest: IO[bytes], limit: int, tick: Callable[[], None],
+                 expected: int | None = None) -> None:
         self._head = memoryview(head)
         self._rest = rest
         self._limit = limit
+        self._expected = expected
         self._tick = tick
         self._last_tick = time.monotonic()
         self.count = 0
@@ -101,7 +108,17 @@ class _UploadReader:
             data = bytes(self._head[:n])
             self._head = self._head[n:]
         else:
-            data = self._rest.read(CHUNK if size is None or size < 0 else size)
+            try:
+                data = self._rest.read(CHUNK if size is None or size < 0 else size)
+            except Exception as exc:
+                # The client went away (a reset, or the end before Content-Length). Raised as
+                # our own error: an OSError would make the store's S3 client take it for a
+                # failure of its own connection and hang on the parts in flight.
+                raise UploadInterrupted(f"the upload was interrupted: {exc}") from None
+            if not data and self._expected is not None and self.count < self._expected:
+                # gunicorn ends a body cut short quietly; the store must not commit it
+                raise UploadInterrupted(f"the upload ended after {self.count} of "
+                                        f"{self._expected} bytes")
         self.count += len(data)
         if self.count > self._limit:
             raise PayloadTooLarge(f"the upload exceeds your file quota (at most {self._limit} "
@@ -210,7 +227,10 @@ class DataFiles:
         if length is not None and length > self.settings.files_max_bytes:
             raise PayloadTooLarge(f"the file ({length} bytes) is larger than your whole quota "
                                   f"of {self.settings.files_max_bytes} bytes", field="file")
-        head = read_head(stream)
+        try:
+            head = read_head(stream)
+        except Exception as exc:
+            raise UploadInterrupted(f"the upload was interrupted: {exc}") from None
         check_content(head)
         with self._user_lock(user) as tick:
             usage = self.usage(user)
@@ -222,7 +242,7 @@ class DataFiles:
             if length is not None and length > room:
                 raise PayloadTooLarge(f"the file ({length} bytes) does not fit your quota: "
                                       f"{max(room, 0)} bytes are free", field="file")
-            reader = _UploadReader(head, stream, room, tick)
+            reader = _UploadReader(head, stream, room, tick, expected=length)
             size = self.store.put_stream(key, reader)  # type: ignore[arg-type]
         return FileInfo(name, size, time.time(), function), old is None
 

@@ -95,6 +95,8 @@ class HybridSupervisor(Supervisor):
             stop.set()
 
     def _prepare(self) -> ChildSpec:
+        if int(self.job.get("attempt") or 1) > 1:
+            metrics.clear(self.registry, self.job_id)
         self.store.download_file(keys.job_function(self.prefix), self.function_path)
         inputs = self.job.get("input_data") or {}
         for channel, info in inputs.items():

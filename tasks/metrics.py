@@ -26,6 +26,11 @@ def append(registry: Registry, job_id: str, record: dict[str, Any]) -> bool:
     return True
 
 
+def clear(registry: Registry, job_id: str) -> None:
+    """Forget the records of an earlier attempt: a job run again starts its metrics anew."""
+    registry.r.delete(d.JOB_METRICS_KEY.format(job_id=job_id))
+
+
 def read(registry: Registry, store: ObjectStore, job: dict[str, Any]) -> list[dict[str, Any]]:
     """The job's records in the order they were logged: from Redis, else from storage."""
     key = d.JOB_METRICS_KEY.format(job_id=job["id"])
@@ -50,4 +55,4 @@ def store_and_expire(registry: Registry, store: ObjectStore, job_id: str, prefix
         registry.r.expire(key, d.LOG_EXPIRY_S)
 
 
-__all__ = ["append", "read", "store_and_expire"]
+__all__ = ["append", "clear", "read", "store_and_expire"]

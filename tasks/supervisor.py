@@ -29,9 +29,11 @@ from tasks import defaults as d
 from tasks import files, quantum_tasks
 from tasks.channel import ChannelServer
 from tasks.child import ChildSpec
+from tasks.distributed import JobTasks
 from tasks.registry import Registry
 from tasks.resources import ResourceClass
 from tasks.settings import SECRET_ENV_PREFIXES, Settings
+from tasks.usage import UsageMeter
 
 _ctx: ForkServerContext | None = None
 INTERRUPTED = "INTERRUPTED"     # not a job status: the worker stopped under the job
@@ -106,6 +108,9 @@ class Supervisor:
         }
         self.ops.update(files.supervisor_ops(self))   # Client().files() ... inside the job
         self.ops.update(quantum_tasks.channel_ops(self))   # qhybrid.get_backend() inside the job
+        self.usage = UsageMeter(registry.r, self.job_id)   # CPU seconds per stage
+        self.distributed = JobTasks(self)                  # distribute_task, get, put, map_reduce
+        self.ops.update(self.distributed.ops())
         self._log_pos = 0
         self._live_bytes = 0
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -117,7 +122,10 @@ class Supervisor:
         status = str(status).strip()
         if not status or len(status) > 200:
             raise InvalidInput("a status is 1 to 200 characters", field="status")
-        return self.registry.set_sub_status(self.job_id, status)
+        moved = self.registry.set_sub_status(self.job_id, status)
+        if moved:
+            self.usage.set_stage(status)
+        return moved
 
     def op_save_result(self, result: str) -> bool:
         if len(result.encode()) > d.MAX_RESULT_BYTES:
@@ -188,6 +196,7 @@ class Supervisor:
         self.log_path.touch()
         proc = warm_parent().Process(target=child.main, args=(spec,), daemon=False)
         proc.start()
+        self.usage.follow(proc.pid)
         self.registry.set_fields(self.job_id, pid=proc.pid)
         if not self.registry.transition(self.job_id, d.RUNNING, allowed=[d.INITIALIZING],
                                         started=time.time()):
@@ -250,6 +259,7 @@ class Supervisor:
 
     def finish(self, status: str, error: str) -> None:
         """Store logs and outputs, then record the final status (in that order)."""
+        self.end_tasks(status)
         if status == INTERRUPTED and self.requeue is not None:
             self.requeue(error)
             shutil.rmtree(self.job_dir, ignore_errors=True)
@@ -279,6 +289,14 @@ class Supervisor:
         shutil.rmtree(self.job_dir, ignore_errors=True)
         shutil.rmtree(self._socket_dir, ignore_errors=True)
 
+    def end_tasks(self, status: str) -> None:
+        """Charge the child's last CPU time; no task of this attempt stays queued or running."""
+        self.usage.stop()
+        try:
+            self.distributed.end(f"the job ended ({status})")
+        except Exception as exc:   # workers also drop tasks of a job that is no longer running
+            self.registry.append_log(self.job_id, f"\n[qhybrid: stopping the job's tasks "
+                                     f"failed: {exc}]\n")
 
     def collect_outputs(self) -> None:
         """Files the job wrote in its working directory join the results (model.tar.gz)."""
