@@ -60,4 +60,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from app import hybrid_api
 
     app.register_blueprint(hybrid_api.bp)
+
+    from app import tasks_api
+
+    app.register_blueprint(tasks_api.bp)
     return app

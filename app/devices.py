@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from app.api import _float_arg, _int_arg, _json_body
 from app.auth import services, token_required
 from app.health import workers_by_queue
 from app.jobs import iso
 from backends.registry import describe
-from qhybrid.errors import InvalidInput
+from qhybrid.errors import InvalidInput, PayloadTooLarge
 from tasks import defaults as d
 from tasks.devices import device_registry, device_status
 from tasks.quantum_tasks import QuantumTasks, submit
@@ -73,6 +73,9 @@ def get_device(name: str) -> Response:
 @bp.post("/quantum-tasks")
 @token_required
 def submit_task() -> tuple[Response, int]:
+    if (request.content_length or 0) > d.MAX_QTASK_CIRCUITS_BYTES + 1024**2:
+        raise PayloadTooLarge(f"circuits are larger than {d.MAX_QTASK_CIRCUITS_BYTES} bytes",
+                              field="circuits")
     body = _json_body()
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", field="body")

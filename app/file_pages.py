@@ -27,10 +27,10 @@ from werkzeug.sansio.multipart import NEED_DATA, Data, Epilogue, Field, File, Mu
 from wtforms.validators import ValidationError
 
 from app.auth import services, session_user
-from app.files import data_files, file_response
+from app.files import data_files, drain, file_response
 from app.jobs import iso
 from qhybrid.errors import InvalidInput, QhybridError
-from tasks.files import CHUNK
+from tasks.files import CHUNK, UploadInterrupted
 
 bp = Blueprint("file_pages", __name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -88,7 +88,11 @@ def upload() -> Any:
     function = request.args.get("function") or None
     try:
         function, name = _stream_upload()
-    except QhybridError as exc:
+    except (QhybridError, CSRFError) as exc:
+        if not isinstance(exc, UploadInterrupted):
+            drain(request.stream)
+        if isinstance(exc, CSRFError):
+            raise
         return _page(function, exc), exc.status
     flash(f"Stored {name}.")
     return redirect(url_for("file_pages.index", function=function))

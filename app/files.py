@@ -7,14 +7,19 @@ stream from the store, or on S3 redirect to a short-lived presigned URL.
 
 from __future__ import annotations
 
-from typing import Any
+import time
+import unicodedata
+from typing import IO, Any
+from urllib.parse import quote
 
 from flask import Blueprint, Response, g, jsonify, redirect, request
 from werkzeug.wsgi import wrap_file
 
 from app.auth import services, token_required
+from qhybrid.errors import QhybridError
 from qhybrid.files import check_name
-from tasks.files import CHUNK, DataFiles, FileInfo
+from tasks import defaults as d
+from tasks.files import CHUNK, DataFiles, FileInfo, UploadInterrupted
 
 bp = Blueprint("files", __name__, url_prefix="/api/v1")
 
@@ -29,6 +34,24 @@ def function_arg() -> str | None:
     return request.args.get("function") or None
 
 
+def drain(stream: IO[bytes]) -> None:
+    """Read and drop what is left of a refused upload, so the client gets our answer.
+
+    gunicorn closes a connection with much unread body, and the reset that follows loses
+    the response on its way to a client that is still sending.
+    """
+    deadline = time.monotonic() + d.FILES_DRAIN_MAX_S
+    left = d.FILES_DRAIN_MAX_BYTES
+    try:
+        while left > 0 and time.monotonic() < deadline:
+            chunk = stream.read(min(CHUNK, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+    except Exception:   # the client went away: nothing to answer
+        return
+
+
 def file_response(files: DataFiles, user: str, name: str, function: str | None) -> Any:
     """A stored file as a download: a redirect to storage (S3) or streamed through."""
     url = files.download_url(user, name, function)
@@ -38,8 +61,18 @@ def file_response(files: DataFiles, user: str, name: str, function: str | None) 
     resp = Response(wrap_file(request.environ, reader, CHUNK), mimetype="application/octet-stream",
                     direct_passthrough=True)
     resp.content_length = size
-    resp.headers.set("Content-Disposition", "attachment", filename=name)
+    resp.headers.set("Content-Disposition", "attachment", **_filename(name))
     return resp
+
+
+def _filename(name: str) -> dict[str, str]:
+    """Content-Disposition file name parameters; RFC 5987 `filename*` for non-ASCII names."""
+    try:
+        name.encode("ascii")
+        return {"filename": name}
+    except UnicodeEncodeError:
+        simple = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+        return {"filename": simple or "download", "filename*": "UTF-8''" + quote(name, safe="")}
 
 
 @bp.get("/files")
@@ -56,10 +89,15 @@ def list_files() -> Response:
 @token_required
 def upload_file(name: str) -> tuple[Response, int]:
     """Store the request body as `name`, replacing a file of that name (atomically)."""
-    check_name(name)
     info: FileInfo
-    info, created = data_files().put(g.user, name, request.stream, function_arg(),
-                                     length=request.content_length)
+    try:
+        check_name(name)
+        info, created = data_files().put(g.user, name, request.stream, function_arg(),
+                                         length=request.content_length)
+    except QhybridError as exc:
+        if not isinstance(exc, UploadInterrupted):
+            drain(request.stream)
+        raise
     return jsonify(info.to_json()), 201 if created else 200
 
 

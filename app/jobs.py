@@ -225,6 +225,9 @@ def job_json(svc: Services, job: dict[str, Any], *, events: bool = True) -> dict
     out["queue_position"] = queue_position(svc.registry.r, job)
     if out["queue_position"]:
         out["waiting_for"] = f"device {job['device']}, held by another job"
+    from app.tasks_api import task_fields
+
+    task_fields(svc, job, out, detailed=events)   # resource_usage; tasks no worker takes
     return out
 
 

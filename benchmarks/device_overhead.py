@@ -8,8 +8,9 @@ worker) and times, in one run:
   `AerSimulator().run` in this process (the baseline). Goal: at most 1.3x.
 * 200 five-qubit random circuits, one at a time (submit, wait for the result, next), both ways.
 
-Both ways run the same transpiled circuits with the same seed; the device worker has the
-host's cores (QHYBRID_DEVICE_THREADS unset), as the in-process simulator does.
+Both ways run the same transpiled circuits with the same seed and the same aer settings: all
+the host's cores (QHYBRID_DEVICE_THREADS unset) and OMP_WAIT_POLICY=PASSIVE, which the device
+worker sets for itself (idle OpenMP threads must not spin on cores the web app needs).
 
     python -m benchmarks.device_overhead [--repeats 7] [--small 200]
 """
@@ -17,6 +18,7 @@ host's cores (QHYBRID_DEVICE_THREADS unset), as the in-process simulator does.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -24,7 +26,6 @@ from datetime import datetime
 
 from qiskit import QuantumCircuit, transpile
 from qiskit.circuit.random import random_circuit
-from qiskit_aer import AerSimulator
 
 from benchmarks.harness import running_service
 from qhybrid import Client
@@ -49,6 +50,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="runs of the 20-qubit circuit")
     parser.add_argument("--small", type=int, default=200, help="five-qubit circuits")
     args = parser.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # read when aer's OpenMP loads
+    from qiskit_aer import AerSimulator
 
     with running_service(["small"]) as (service, _, token):
         service.start_device_workers()

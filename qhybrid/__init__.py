@@ -5,6 +5,16 @@ Importing this package loads neither the server (Celery, Flask, boto3) nor qiski
 
 from qhybrid.client import Client, Job, Program
 from qhybrid.devices import get_backend, get_job_device
+from qhybrid.distributed import (
+    DistributedTask,
+    ObjectRef,
+    TaskRef,
+    distribute_task,
+    get,
+    map_reduce,
+    put,
+    wait,
+)
 from qhybrid.errors import (
     InvalidInput,
     JobCanceled,
@@ -39,6 +49,14 @@ __all__ = [
     "save_result",
     "update_status",
     "get_backend",
+    "distribute_task",
+    "get",
+    "put",
+    "wait",
+    "map_reduce",
+    "TaskRef",
+    "ObjectRef",
+    "DistributedTask",
     "get_job_device",
     "hybrid_job",
     "HybridJob",

@@ -174,7 +174,7 @@ def serve(address: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """A local-pool process: `python -m qhybrid._executor <fd>` serves the inherited socket."""
+    """A local-pool process: serves the socket whose descriptor it inherited (argv[0])."""
     args = sys.argv[1:] if argv is None else argv
     os.environ[LOCAL_WORKER_ENV] = "1"
     sock = socket.socket(fileno=int(args[0]))
@@ -183,6 +183,3 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         sock.close()
 
-
-if __name__ == "__main__":
-    main()

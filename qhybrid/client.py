@@ -232,6 +232,19 @@ class Job(SubStatus):
             if body["complete"]:
                 return
 
+    def tasks(self, status: str | None = None, limit: int = 1000,
+              offset: int = 0) -> list[dict[str, Any]]:
+        """The job's distributed tasks in submission order: status, class, worker, times."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if status:
+            params["status"] = status
+        body = self._client._json("GET", f"/jobs/{self.job_id}/tasks", params=params)
+        return list(body["tasks"])
+
+    def resource_usage(self) -> dict[str, dict[str, float]]:
+        """CPU (and QPU) seconds per stage: `{"RUNNING: MAPPING": {"CPU_TIME": ...}}`."""
+        return dict(self.refresh().get("resource_usage") or {})
+
     def download_result(self, path: str | os.PathLike[str]) -> Path:
         """Save the job's `model.tar.gz` to `path`."""
         resp = self._client.request("GET", f"/jobs/{self.job_id}/model", stream=True)

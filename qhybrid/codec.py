@@ -148,7 +148,8 @@ class _Encoder:
         # isinstance checks below.
         if _is_numpy(obj):
             return _encode_numpy(obj, path)
-        if _from_qiskit(obj):
+        # qiskit's builtin subclasses (Counts is a dict) encode as what they are built on
+        if _from_qiskit(obj) and not isinstance(obj, dict | list | tuple):
             return _encode_qiskit(obj, path)
         if isinstance(obj, int):
             return int.__int__(obj)

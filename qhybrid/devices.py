@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from qhybrid import _channel
 from qhybrid.errors import InvalidInput, Timeout
-from qhybrid.hybrid_env import ENV_JOB_DEVICE
+from qhybrid.hybrid_env import ENV_JOB_DEVICE, ENV_LOCAL_MODE
 
 if TYPE_CHECKING:
     from qhybrid.backend import QhybridBackend
@@ -91,6 +91,43 @@ class ChannelTransport:
         _channel.call("qtask_cancel", task_id=task_id)
 
 
+class LocalTransport:
+    """Quantum tasks run here, on qiskit-aer, with the device's target and noise: local mode
+    needs no service. Like Braket's local mode, its tasks have no priority to claim."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+        self._results: dict[str, dict[str, Any]] = {}
+
+    def submit(self, device: str, circuits: str, options: dict[str, Any]) -> str:
+        from backends.execute import run_task
+
+        task_id = f"local-{len(self._results) + 1}"
+        threads = len(os.sched_getaffinity(0))
+        self._results[task_id] = run_task(self.registry.get(device), circuits, options, threads)
+        return task_id
+
+    def status(self, task_id: str) -> str:
+        return "DONE" if self._results[task_id].get("success", True) else "ERROR"
+
+    def result(self, task_id: str, timeout: float | None) -> dict[str, Any]:
+        return self._results[task_id]
+
+    def cancel(self, task_id: str) -> None:
+        """A local task has already run when submit() returns."""
+
+
+def local_registry() -> Any:
+    """The built-in devices, plus those of QHYBRID_DEVICES (a TOML file) when it is set."""
+    try:
+        from backends.registry import default_registry, load_devices
+    except ImportError as exc:       # a client-only install has no simulators
+        raise InvalidInput("running devices locally needs qiskit-aer: "
+                           "pip install 'qhybrid[server]'") from exc
+    path = os.environ.get("QHYBRID_DEVICES")
+    return load_devices(path, default_registry()) if path else default_registry()
+
+
 def list_devices(client: Client) -> list[dict[str, Any]]:
     """Every device's description and status (qubits, basis gates, online, queue depth ...)."""
     return list(client._json("GET", "/devices")["devices"])
@@ -119,7 +156,8 @@ def get_backend(name: str | None = None) -> QhybridBackend:
     """A device as a Qiskit BackendV2 (default: the job's device).
 
     Inside a job its tasks go through the job's supervisor, and run before standalone tasks
-    while the job holds the device; elsewhere through `Client()` (the configured service).
+    while the job holds the device; in a local-mode job, on qiskit-aer in this process;
+    elsewhere through `Client()` (the configured service).
     """
     from qhybrid.backend import QhybridBackend
 
@@ -129,6 +167,11 @@ def get_backend(name: str | None = None) -> QhybridBackend:
         return QhybridBackend(desc, ChannelTransport())
     if not name:
         raise InvalidInput("name a device: get_backend('aer_simulator')", field="name")
+    if os.environ.get(ENV_LOCAL_MODE):
+        from backends.registry import describe
+
+        registry = local_registry()
+        return QhybridBackend(describe(registry.get(name)), LocalTransport(registry))
     from qhybrid.client import Client
 
     return backend(Client(), name)

@@ -159,7 +159,7 @@ class DistributedTask:
 
     @property
     def name(self) -> str:
-        return getattr(self._fn, "__qualname__", None) or getattr(self._fn, "__name__", "task")
+        return str(getattr(self._fn, "__qualname__", None) or getattr(self._fn, "__name__", "task"))
 
     @property
     def target(self) -> Target:
@@ -286,7 +286,7 @@ def map_reduce(fn: Callable[..., Any] | DistributedTask, items: Iterable[Any],
     records its result even if the caller is gone. Without `reduce` the list is returned.
     """
     task = _as_task(fn, target)
-    calls = [((item,), {}) for item in items]
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((item,), {}) for item in items]
     reducer = _as_task(reduce if reduce is not None else _as_list, task.target)
     ref = _backend().chord(task, calls, reducer)
     return get(ref, timeout=timeout)
@@ -397,6 +397,7 @@ class _RemoteBackend(_Backend):
         self._wake = threading.Event()
         self._flusher: threading.Thread | None = None
         self._send_lock = threading.Lock()
+        self._noted = ""
         atexit.register(self.flush)
 
     def info(self) -> dict[str, Any]:
@@ -500,6 +501,10 @@ class _RemoteBackend(_Backend):
                                   min_done=min_done - done, values=values)
             for task_id, entry in (reply.get("done") or {}).items():
                 _apply(by_id.get(task_id, []), entry)
+            note = reply.get("waiting_for")
+            if note and note != self._noted:
+                self._noted = note      # once per reason, into the job's log
+                print(f"[qhybrid] tasks are waiting: {note}", file=sys.stderr, flush=True)
             if timeout == 0:
                 return
 
@@ -588,7 +593,8 @@ class _LocalWorker:
         path = os.pathsep.join([p for p in sys.path if p])
         env["PYTHONPATH"] = path
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qhybrid._executor", str(child.fileno())],
+            [sys.executable, "-c", "import sys; from qhybrid._executor import main; "
+             "main(sys.argv[1:])", str(child.fileno())],
             pass_fds=[child.fileno()], env=env, cwd=os.getcwd())
         child.close()
         self.sock = parent

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from qhybrid import _channel
-from qhybrid.errors import InvalidInput
+from qhybrid.errors import InvalidInput, NotFound, PayloadTooLarge, QhybridError
 
 if TYPE_CHECKING:
     import requests
@@ -88,6 +88,9 @@ class FilesMixin:
             body = _channel.call("file_upload", path=os.path.abspath(path), function=title)
             return str(body["name"])
         params = {"function": title} if title else {}
+        # Over quota is refused before any byte is sent: the server would refuse it too, but
+        # only after the client had pushed the whole file at it.
+        _check_quota(self._json("GET", "/files", params=params), name, path.stat().st_size)
         with open(path, "rb") as fh:
             body = self._json("PUT", f"/files/{quote(name, safe='')}", data=fh, params=params,
                               headers={"Content-Type": "application/octet-stream"})
@@ -116,9 +119,12 @@ class FilesMixin:
 
             resp.close()
             resp = requests.get(resp.headers["Location"], stream=True, timeout=self.timeout)
-            resp.raise_for_status()
-        with resp:
-            _save_atomically(resp.iter_content(CHUNK), Path(dest))
+            if resp.status_code == 404:
+                raise NotFound(f"no file {name!r}", field="file")
+            if not resp.ok:
+                raise QhybridError(f"storage answered {resp.status_code} for {name!r}")
+        with resp:   # the bytes as stored: never undo a Content-Encoding on the way
+            _save_atomically(resp.raw.stream(CHUNK, decode_content=False), Path(dest))
         return dest
 
     def file_delete(self, file: str, function: Any = None) -> None:
@@ -130,6 +136,19 @@ class FilesMixin:
             return
         params = {"function": title} if title else {}
         self.request("DELETE", f"/files/{quote(name, safe='')}", params=params, ok=(204,))
+
+
+def _check_quota(listing: dict[str, Any], name: str, size: int) -> None:
+    """Raise PayloadTooLarge if a file of `size` bytes named `name` would not fit the quota."""
+    usage = listing["usage"]
+    old = next((f["size"] for f in listing["files"] if f["name"] == name), None)
+    if old is None and usage["files"] + 1 > usage["max_files"]:
+        raise PayloadTooLarge(f"you have {usage['files']} files, the quota is "
+                              f"{usage['max_files']}; delete some first", field="file")
+    room = usage["max_bytes"] - (usage["bytes"] - (old or 0))
+    if size > room:
+        raise PayloadTooLarge(f"the file ({size} bytes) does not fit your quota: "
+                              f"{max(room, 0)} bytes are free", field="file")
 
 
 def _save_atomically(chunks: Any, dest: Path) -> None:

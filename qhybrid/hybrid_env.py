@@ -28,6 +28,7 @@ ENV_INPUT_DIR = "QHYBRID_INPUT_DIR"
 ENV_HYPERPARAMETERS_FILE = "QHYBRID_HYPERPARAMETERS_FILE"
 ENV_JOB_DEVICE = "QHYBRID_JOB_DEVICE"
 ENV_METRICS_FILE = "QHYBRID_METRICS_FILE"       # local mode: metrics are appended here
+ENV_LOCAL_MODE = "QHYBRID_LOCAL_MODE"           # set in a local-mode job: devices run locally
 
 CHECKPOINT_FORMATS = ("json", "pickle")
 

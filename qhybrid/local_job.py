@@ -39,6 +39,7 @@ from qhybrid.hybrid_env import (
     ENV_JOB_DEVICE,
     ENV_JOB_ID,
     ENV_JOB_NAME,
+    ENV_LOCAL_MODE,
     ENV_METRICS_FILE,
     ENV_RESULTS_DIR,
 )
@@ -151,6 +152,7 @@ class LocalHybridJob:
             ENV_HYPERPARAMETERS_FILE: str(directory / "hyperparameters.json"),
             ENV_METRICS_FILE: str(directory / "metrics.jsonl"),
             ENV_JOB_DEVICE: spec["device"],
+            ENV_LOCAL_MODE: "1",
             "PYTHONUNBUFFERED": "1",
             # the caller's import path: a function pickled by reference finds its module
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),

@@ -315,6 +315,10 @@ class S3Store(ObjectStore):
         self._transfer = TransferConfig(
             multipart_threshold=MULTIPART, multipart_chunksize=MULTIPART, max_concurrency=4
         )
+        # A stream (not a file) is read part by part into memory; boto3 would hold up to 10
+        # parts (80 MiB) when storage is slower than the sender. Three keep a web process
+        # streaming an upload well under 64 MiB (benchmarks/file_transfer.py), still in parallel.
+        self._transfer.max_in_memory_upload_chunks = 3
 
     def __repr__(self) -> str:
         return f"S3Store({self.bucket!r}, {self.prefix!r})"

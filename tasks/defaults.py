@@ -133,3 +133,7 @@ TASK_LOG_MAX_BYTES = 64 * 1024              # output kept per task (its start an
 TASK_ERROR_LINES = 40                       # remote traceback lines kept per failed task
 EXECUTOR_IDLE_S = 30.0                      # a job's idle task executor process is stopped after this
 EXECUTOR_START_TIMEOUT_S = 60.0
+# A refused upload's remaining body is read and dropped (up to this much, for this long) so
+# that the client, still sending, gets the error instead of a reset connection.
+FILES_DRAIN_MAX_BYTES = 256 * 1024**2
+FILES_DRAIN_MAX_S = 30.0

@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +66,7 @@ SESSION_OPS = ("tasks_hello", "tasks_target", "tasks_submit", "tasks_collect", "
                "tasks_fetch_object")
 TASK_OPS = (*SESSION_OPS, "update_status", "save_result", "job_info")   # inside a task
 MAX_REPLY_BYTES = 64 * 1024**2     # values sent back by one collect call (the rest: next call)
+WAIT_NOTE_S = 3.0                  # a waiting caller is told why tasks wait this often at most
 
 # --- Lua: every status change in one call --------------------------------------------------
 _CLAIM = """
@@ -122,7 +123,7 @@ for _, key in ipairs(KEYS) do
     redis.call('RPUSH', inbox, redis.call('HGET', key, 'id') .. ' CANCELED')
     redis.call('EXPIRE', inbox, 86400)
   elseif st == 'RUNNING' then
-    redis.call('HSET', key, 'cancel', '1')
+    redis.call('HSET', key, 'cancel', ARGV[2])
     table.insert(running, redis.call('HGET', key, 'id'))
   end
 end
@@ -220,20 +221,28 @@ class TaskRegistry:
         self._requeue = self.r.register_script(_REQUEUE)
 
     def claim(self, task_id: str, worker: str, run: str) -> tuple[str, dict[str, Any]]:
-        """('CLAIMED', record) when this worker now runs it, else (its status, {})."""
-        pipe = self.r.pipeline(transaction=False)
+        """('CLAIMED', record) when this worker now runs it, else (its status, {}).
+
+        One round trip: the claim, the record and the arguments (record["payload"], bytes).
+        """
+        pipe = self.raw.pipeline(transaction=False)
         self._claim(keys=[_k_task(task_id)], args=[worker, run, _now(), d.TASK_HEARTBEAT_TTL_S],
                     client=pipe)
         pipe.hgetall(_k_task(task_id))
-        outcome, rec = pipe.execute()
-        status = str(outcome[0])
-        return status, (_unflat(rec) if status == "CLAIMED" else {})
+        pipe.get(d.TASK_PAYLOAD_KEY.format(task_id=task_id))
+        outcome, raw, payload = pipe.execute()
+        status = outcome[0].decode()
+        if status != "CLAIMED":
+            return status, {}
+        rec = _unflat({k.decode(): v.decode() for k, v in raw.items()})
+        rec["payload"] = payload
+        return status, rec
 
     def finish(self, task_id: str, run: str, status: str, cpu: float, error: str = "",
-               error_type: str = "", result: str = "") -> bool:
-        return bool(self._finish(keys=[_k_task(task_id)],
-                                 args=[run, status, _now(), f"{cpu:.6f}", error[-20000:],
-                                       error_type, result]))
+               error_type: str = "", result: str = "", pipe: Any = None) -> Any:
+        return self._finish(keys=[_k_task(task_id)],
+                            args=[run, status, _now(), f"{cpu:.6f}", error[-20000:], error_type,
+                                  result], client=pipe)
 
     def requeue(self, task_id: str, run: str) -> int:
         return int(self._requeue(keys=[_k_task(task_id)],
@@ -278,14 +287,21 @@ class TaskRegistry:
             return 0
         return int(self._force(keys=[_k_task(t) for t in ids], args=[_now(), reason]))
 
-    def should_stop(self, task_id: str, run: str, job_id: str, attempt: str) -> bool:
+    def should_stop(self, task_id: str, run: str, job_id: str, attempt: str) -> str:
+        """Why the running task must stop now ("" while it may go on)."""
         pipe = self.r.pipeline(transaction=False)
         pipe.hmget(_k_task(task_id), ["status", "run", "cancel"])
         pipe.hmget(d.JOB_KEY.format(job_id=job_id), ["status", "attempt"])
         (status, token, cancel), (job_status, job_attempt) = pipe.execute()
-        if status != d.RUNNING or token != run or cancel == "1":
-            return True
-        return job_status not in (d.RUNNING, d.INITIALIZING) or (job_attempt or "1") != attempt
+        if cancel:
+            return str(cancel)
+        if status != d.RUNNING or token != run:
+            return f"the task was {status} elsewhere"
+        if job_status not in (d.RUNNING, d.INITIALIZING):
+            return f"the job is {job_status}"
+        if (job_attempt or "1") != attempt:
+            return "the job is running again (a new attempt)"
+        return ""
 
     def heartbeat(self, task_id: str, worker: str) -> None:
         self.r.set(d.TASK_HEARTBEAT_KEY.format(task_id=task_id), worker,
@@ -368,6 +384,7 @@ class TaskSession:
         self._reading = False
         self._last_reconcile = 0.0
         self._kick_seen: dict[str, float] = {}
+        self._last_wait_note = 0.0
         self._ops: dict[str, Callable[..., Any]] = {
             "tasks_hello": self.op_hello, "tasks_target": self.op_target,
             "tasks_submit": self.op_submit, "tasks_collect": self.op_collect,
@@ -381,7 +398,8 @@ class TaskSession:
         return self._ops
 
     def close(self) -> None:
-        self.env.registry.r.delete(self.inbox)
+        if self.owned:
+            self.env.registry.r.delete(self.inbox)
 
     # --- channel operations ------------------------------------------------------------------
     def op_hello(self) -> dict[str, Any]:
@@ -448,7 +466,13 @@ class TaskSession:
             if not (self.helper and self.helper(self, pending)):
                 self._wait_inbox(deadline)
             statuses = self._statuses(ids)
-        return {"done": self._entries(done, bool(values))}
+        reply: dict[str, Any] = {"done": self._entries(done, bool(values))}
+        if len(done) < need and time.monotonic() - self._last_wait_note >= WAIT_NOTE_S:
+            self._last_wait_note = time.monotonic()
+            why = waiting_for(self.env.registry, self.job_id)
+            if why:
+                reply["waiting_for"] = why
+        return reply
 
     def op_put(self, ref: Any, data: Any = None, path: Any = None) -> bool:
         ref = _check_id(ref, "ref")
@@ -575,10 +599,10 @@ class TaskSession:
         plain = [sig(RUN_TASK, e) for e in entries if e["kind"] == TASK]
         if plain:
             group(plain).apply_async()
+        by_id = {e["id"]: e for e in entries}
         for e in entries:
             if e["kind"] == REDUCE:
-                header = [sig(RUN_MAP_TASK, {"id": m, "class": _class_of(entries, m)})
-                          for m in e["maps"]]
+                header = [sig(RUN_MAP_TASK, by_id[m]) for m in e["maps"]]
                 chord(header, sig(REDUCE_TASK, e)).apply_async()
 
     # --- waiting -----------------------------------------------------------------------------
@@ -726,10 +750,6 @@ class TaskSession:
         return {"path": str(path)}
 
 
-def _class_of(entries: list[dict[str, Any]], task_id: str) -> str:
-    return next(str(e["class"]) for e in entries if e["id"] == task_id)
-
-
 # --- a job's side: its supervisor's operations and the end of its tasks --------------------
 class JobTasks:
     """The distributed tasks of one job attempt, seen from the job's supervisor."""
@@ -783,6 +803,12 @@ def end_job_tasks(env: TaskEnv, job: dict[str, Any], reason: str) -> None:
             time.sleep(d.TASK_TICK_S)
     env.tasks.force_cancel(running, f"{reason}; its worker did not confirm the stop")
     expire_job_tasks(env, job)
+
+
+def stop_job_tasks(services: Services, job: dict[str, Any], reason: str) -> None:
+    """End a job's tasks where its supervisor cannot (the reaper of jobs whose worker died)."""
+    if services.registry.r.zcard(d.JOB_TASKS_KEY.format(job_id=job["id"])):
+        end_job_tasks(TaskEnv.from_services(services), job, reason)
 
 
 def expire_job_tasks(env: TaskEnv, job: dict[str, Any]) -> None:
@@ -881,13 +907,15 @@ class TaskWorker:
             header = {"task_id": task_id, "fn": digest, "cpus": cpus,
                       "mode": REDUCE if rec["kind"] == REDUCE else "call",
                       "error_lines": d.TASK_ERROR_LINES}
-            reply = ex.run(header, blobs, self._ticker(rec, run, job, ex))
+            stopped: dict[str, str] = {}
+            reply = ex.run(header, blobs, self._ticker(rec, run, job, ex, stopped))
             ex.known_fns.add(digest)
             if reply is None and self._stop.is_set():
                 self._hand_back(task_id, run)   # the worker stops: another one runs it
                 return d.QUEUED
             if reply is None:
-                status, error, healthy = d.CANCELED, "the job stopped it", False
+                status, healthy = d.CANCELED, False
+                error = stopped.get(task_id) or "the task was stopped"
             else:
                 head, out = reply
                 cpu = float(head.get("cpu") or 0.0)
@@ -924,17 +952,19 @@ class TaskWorker:
                 etype: str, result: bytes) -> None:
         task_id = rec["id"]
         location = ""
+        pipe = self.env.registry.raw.pipeline(transaction=False)
         if status == d.DONE:
             job = self.job(rec["job"])
             self.env.blobs.put(d.TASK_RESULT_KEY.format(task_id=task_id), job["prefix"],
-                               f"res-{task_id}", result)
+                               f"res-{task_id}", result, pipe=pipe)
             location = "redis" if len(result) <= d.TASK_INLINE_BYTES else "storage"
-        self.env.tasks.finish(task_id, run, status, cpu, error, etype, location)
-        self.env.registry.r.delete(d.TASK_PAYLOAD_KEY.format(task_id=task_id))
+        self.env.tasks.finish(task_id, run, status, cpu, error, etype, location, pipe=pipe)
+        pipe.delete(d.TASK_PAYLOAD_KEY.format(task_id=task_id))
+        pipe.execute()
 
     def _inputs(self, rec: dict[str, Any]) -> list[bytes]:
         if rec["kind"] != REDUCE:
-            payload = self.env.blobs.get(d.TASK_PAYLOAD_KEY.format(task_id=rec["id"]))
+            payload = self.env.blobs.resolve(rec.get("payload"))
             if payload is None:
                 raise QhybridError("the task's arguments are gone (its job ended?)")
             return [payload]
@@ -952,8 +982,8 @@ class TaskWorker:
             raise QhybridError("a map task's result has expired")
         return [v for v in values if v is not None]
 
-    def _ticker(self, rec: dict[str, Any], run: str, job: dict[str, Any],
-                ex: Executor) -> Callable[[], bool]:
+    def _ticker(self, rec: dict[str, Any], run: str, job: dict[str, Any], ex: Executor,
+                stopped: dict[str, str]) -> Callable[[], bool]:
         task_id = rec["id"]
         attempt = str(rec.get("attempt") or 1)
         last_beat = time.monotonic()
@@ -965,8 +995,12 @@ class TaskWorker:
                 self.env.tasks.heartbeat(task_id, self.name)
                 self._pump(task_id, ex)
                 last_beat = now
-            return self._stop.is_set() or \
-                self.env.tasks.should_stop(task_id, run, job["id"], attempt)
+            if self._stop.is_set():
+                return True
+            why = self.env.tasks.should_stop(task_id, run, job["id"], attempt)
+            if why:
+                stopped[task_id] = why
+            return bool(why)
 
         return tick
 
@@ -1156,9 +1190,26 @@ def queued_by_class(registry: Registry, job_id: str) -> dict[str, int]:
     return {k: int(v) for k, v in raw.items() if int(v) > 0}
 
 
+def live_queues(registry: Registry) -> set[str]:
+    """Queues some live worker consumes (from the workers' presence keys)."""
+    keys_ = list(registry.r.scan_iter(match=d.WORKER_KEY.format(name="*"), count=500))
+    out: set[str] = set()
+    for raw in registry.r.mget(keys_) if keys_ else []:
+        if raw:
+            out.update(json.loads(raw).get("queues", []))
+    return out
+
+
+def waiting_for(registry: Registry, job_id: str) -> str | None:
+    """"no worker consumes tasks.large" while the job has tasks queued where no worker looks."""
+    queued = queued_by_class(registry, job_id)
+    if not queued:
+        return None
+    live = live_queues(registry)
+    missing = [tasks_queue(c) for c in sorted(queued) if tasks_queue(c) not in live]
+    return "no worker consumes " + ", ".join(missing) if missing else None
+
+
 def task_log(registry: Registry, task_id: str) -> str:
     return str(registry.r.get(d.TASK_LOG_KEY.format(task_id=task_id)) or "")
 
-
-def iter_ids(values: Iterable[Any]) -> list[str]:
-    return [_check_id(v, "task_id") for v in values]

@@ -28,7 +28,7 @@ from typing import Any
 import cloudpickle
 
 from qhybrid import _executor
-from qhybrid.errors import Conflict, QhybridError
+from qhybrid.errors import Conflict
 from storage import keys
 from storage.store import ObjectStore
 from storage.tarsafe import safe_extract
@@ -116,10 +116,6 @@ class Executor:
         if session is None:
             raise Conflict(f"{name}: no task of this job is running in this process now")
         return session.ops()[name](**args)
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid
 
     def alive(self) -> bool:
         return self.proc.is_alive()
@@ -290,7 +286,7 @@ class ExecutorPool:
             try:
                 with self.store.open(keys.job_script(job["prefix"])) as fh:
                     safe_extract(fh, path)
-            except (QhybridError, OSError, Exception):  # noqa: B014 - a hybrid job ships no tar
+            except Exception:        # no tar (a hybrid job ships a pickled function): empty
                 shutil.rmtree(path, ignore_errors=True)
                 path.mkdir(parents=True)
             with self._lock:

@@ -109,7 +109,9 @@ class _UploadReader:
             self._head = self._head[n:]
         else:
             try:
-                data = self._rest.read(CHUNK if size is None or size < 0 else size)
+                # at most a chunk at a time: the store fills its parts from short reads, and
+                # the web server then never buffers a whole part on its side as well
+                data = self._rest.read(CHUNK if size is None or size < 0 else min(size, CHUNK))
             except Exception as exc:
                 # The client went away (a reset, or the end before Content-Length). Raised as
                 # our own error: an OSError would make the store's S3 client take it for a
@@ -193,9 +195,6 @@ class DataFiles:
             if _PROGRAM_FILE.match(o.key[len(programs):]):
                 total, count = total + o.size, count + 1
         return Usage(total, count, self.settings.files_max_bytes, self.settings.files_max_count)
-
-    def size(self, user: str, name: str, function: str | None = None) -> int:
-        return self.store.size(self.key(user, name, function))
 
     def open(self, user: str, name: str, function: str | None = None) -> tuple[BinaryIO, int]:
         """A streaming reader and the size; NotFound names the file."""

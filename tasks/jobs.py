@@ -19,6 +19,7 @@ from celery.exceptions import Reject
 from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from tasks import defaults as d
+from tasks.distributed import stop_job_tasks
 from tasks.hybrid import supervisor_class
 from tasks.queues import RUN_JOB_TASK, jobs_queue
 from tasks.reservations import repair as repair_reservations
@@ -99,6 +100,7 @@ def reap_lost_jobs(services: Services, celery: Celery) -> list[str]:
             continue
         if time.time() - (job.get("updated") or 0) < d.HEARTBEAT_TTL_S:
             continue  # just claimed; its first heartbeat is on the way
+        stop_job_tasks(services, job, "the job's worker was lost")   # none left running
         requeue_job(services, celery, job_id, "worker lost")
         handled.append(job_id)
     return handled

@@ -558,3 +558,10 @@ def test_import_does_not_import_qiskit_or_numpy() -> None:
         [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_qiskit_counts_encode_as_the_dict_they_are() -> None:
+    from qiskit.result import Counts
+
+    counts = Counts({"00": 510, "11": 514})
+    assert codec.loads(codec.dumps({"counts": counts})) == {"counts": {"00": 510, "11": 514}}

@@ -163,6 +163,8 @@ def test_other_users_tasks_are_not_found(service: RunningService) -> None:
         with pytest.raises(NotFound):
             bob._json(method, path)
     assert bob._json("GET", "/quantum-tasks")["total"] == 0
+    with pytest.raises(NotFound):
+        bob._json("GET", "/jobs/0123456789abcdef/quantum-tasks")
 
 
 # --- inside a job -----------------------------------------------------------------------------
@@ -258,6 +260,10 @@ def test_holding_job_goes_first_and_cancel(service: RunningService, tmp_path: Pa
         mine = wait_until(lambda: len(holder.quantum_tasks()) == 3 and holder.quantum_tasks(),
                           timeout=60)
         assert all(t["status"] == "QUEUED" and t["priority"] == "priority" for t in mine)
+        # Celery's Redis transport keeps a list per priority step; BRPOP names step 0 first
+        broker = service.registry.r
+        assert broker.llen(f"device.{HELD}") == 3                  # priority 0: the holder's
+        assert broker.llen(f"device.{HELD}\x06\x169") == 4          # priority 9: standalone
         status = client._json("GET", f"/devices/{HELD}")["status"]
         assert status["queue_depth"] == {"priority": 3, "normal": 3}
         assert status["held"] and status["holding_job"] == holder.job_id

@@ -14,7 +14,6 @@ import socket
 import struct
 import subprocess
 import tarfile
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,7 +124,8 @@ def test_round_trips_of_tar_tar_gz_and_h5(any_service: RunningService, tmp_path:
     src.mkdir()
     files = [make_tar(src / "plain.tar", {"a.txt": b"alpha", "dir/b.bin": os.urandom(70_000)}),
              make_tar(src / "packed.tar.gz", {"c.txt": b"gamma" * 1000}, gz=True),
-             make_h5(src / "weights.h5")]
+             make_h5(src / "weights.h5"),
+             make_tar(src / "ünï cödé; \"x\".tar", {"u": b"unicode name"})]
 
     # when they are uploaded, listed and downloaded
     for path in files:
@@ -154,7 +154,7 @@ def test_round_trips_of_tar_tar_gz_and_h5(any_service: RunningService, tmp_path:
     # and a deleted file is gone
     client.file_delete("plain.tar")
     client.file_delete("fresh.tar")
-    assert client.files() == ["packed.tar.gz", "weights.h5"]
+    assert client.files() == ["packed.tar.gz", "weights.h5", "ünï cödé; \"x\".tar"]
     with pytest.raises(NotFound):
         client.file_delete("plain.tar")
     with pytest.raises(NotFound):
@@ -192,6 +192,9 @@ def test_content_is_sniffed_not_trusted_by_name(any_service: RunningService,
     resp = api(client, "PUT", "notes.tar", data=fake_tar.read_bytes())
     assert resp.status_code == 415
     assert resp.json()["accepted"] == ["tar", "tar+gzip", "hdf5"]
+    # a large refused body is read to its end, so the client gets the answer, not a reset
+    resp = api(client, "PUT", "big.h5", data=b"PK\x03\x04" + os.urandom(40 * MiB))
+    assert resp.status_code == 415
     assert client.files() == []
 
 
@@ -267,13 +270,17 @@ def test_quota_answers_413_and_changes_nothing(quota_service: RunningService,
     big = make_tar(tmp_path / "big.tar", {"x": os.urandom(3 * MiB + 512 * 1024)})
     with pytest.raises(PayloadTooLarge):
         client.file_upload(big)
-    # ... even when it is far larger than the socket buffers (the client still gets the 413)
+    # ... even when it is far larger than the socket buffers: the client refuses it before
+    # sending, and a raw HTTP client still gets the 413 (the server reads and drops the body)
     huge = tmp_path / "huge.tar"
     with open(huge, "wb") as fh:
         fh.write(tar_head("huge.bin", 100 * MiB))
         fh.truncate(100 * MiB + 1024)
     with pytest.raises(PayloadTooLarge):
         client.file_upload(huge)
+    with open(huge, "rb") as fh:
+        resp = api(client, "PUT", "huge.tar", data=fh)
+    assert resp.status_code == 413 and "quota" in resp.json()["detail"]
     # ... and mid-stream when the length is not declared (chunked)
     data = big.read_bytes()
     resp = api(client, "PUT", "big.tar",

@@ -117,13 +117,10 @@ def test_guide_example_on_the_service(client: Client, tmp_path: Path) -> None:
     assert body["count"] == NUM_TASKS and body["state"] == "DONE"
 
 
-def test_guide_example_in_local_mode(service: RunningService, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    # given a working directory and the service only as the device's host (as Braket's local
-    # mode runs its tasks on the real device)
-    _, token = service.new_user()
-    monkeypatch.setenv("QHYBRID_URL", service.url)
-    monkeypatch.setenv("QHYBRID_TOKEN", token)
+def test_guide_example_in_local_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a working directory and no service at all: the device is simulated locally
+    monkeypatch.setenv("QHYBRID_URL", "http://127.0.0.1:9")       # nothing listens there
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
     monkeypatch.chdir(tmp_path)
 
     # when the job runs locally
