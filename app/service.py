@@ -167,7 +167,7 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         pass
 
 
-def web_command(host: str, port: int) -> list[str]:
+def web_command(host: str, port: int | str) -> list[str]:
     # Threads, not processes: long-polls hold a thread each while they wait.
     return [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "64",
             "--workers", "1", "--bind", f"{host}:{port}", "--timeout", "120",
@@ -175,21 +175,24 @@ def web_command(host: str, port: int) -> list[str]:
 
 
 def worker_command(resource_class: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker",
-            "--queues", jobs_queue(resource_class), "--hostname", f"{resource_class}@%h",
-            "--pool", "threads", "--concurrency", str(_slots(resource_class)),
-            "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    """The worker for a class's whole jobs (`jobs.<class>`)."""
+    return [sys.executable, "-m", "tasks.worker", "jobs", resource_class]
 
 
 def task_worker_command(resource_class: str, concurrency: int | None = None,
                         name: str | None = None) -> list[str]:
     """A worker for the class's distributed tasks (`tasks.<class>`), apart from its job worker,
     so jobs waiting on their tasks never hold the slots the tasks need."""
-    return [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker",
-            "--queues", tasks_queue(resource_class),
-            "--hostname", f"{name or 'tasks-' + resource_class}@%h",
-            "--pool", "threads", "--concurrency", str(concurrency or _slots(resource_class)),
-            "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    argv = [sys.executable, "-m", "tasks.worker", "tasks", resource_class]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    return argv + (["--name", name] if name else [])
+
+
+def _slots(resource_class: str) -> int:
+    """How many jobs or tasks of the class one worker on this host runs at once."""
+    rc = load_classes(Settings.from_env().resource_classes_path).get(resource_class)
+    return rc.slots() if rc else 1
 
 
 def device_worker_command(devices: list[str] | None = None, concurrency: int = 1) -> list[str]:
@@ -198,10 +201,30 @@ def device_worker_command(devices: list[str] | None = None, concurrency: int = 1
     return argv + (["--devices", ",".join(devices)] if devices else [])
 
 
-def _slots(resource_class: str) -> int:
-    classes = load_classes(Settings.from_env().resource_classes_path)
-    rc = classes.get(resource_class)
-    return rc.slots() if rc else 1
+def procfile(classes: list[str] | None = None) -> str:
+    """The Procfile: every long-running process, from the same commands `qhybrid up` runs.
+
+    Redis and storage are not in it: point QHYBRID_REDIS_URL and QHYBRID_STORAGE_URL at
+    the ones every host shares.
+    """
+    import shlex
+
+    names = classes or list(load_classes(Settings.from_env().resource_classes_path))
+    entries = {"web": web_command("${HOST:-127.0.0.1}", "${PORT:-8000}")}
+    for cls in names:
+        entries[f"jobs-{cls}"] = worker_command(cls)
+        entries[f"tasks-{cls}"] = task_worker_command(cls)
+    entries["devices"] = device_worker_command()
+
+    def line(argv: list[str]) -> str:
+        argv = ["python", *argv[1:]] if argv[0] == sys.executable else argv
+        # keep ${VAR:-default} for the runner's shell to expand
+        return " ".join(a if a.startswith("${") or "${" in a else shlex.quote(a) for a in argv)
+
+    header = ("# Every long-running process of qhybrid (`qhybrid procfile` writes this file).\n"
+              "# All hosts share QHYBRID_REDIS_URL and QHYBRID_STORAGE_URL; run web on one host\n"
+              "# and the workers you want on each.\n")
+    return header + "".join(f"{name}: {line(argv)}\n" for name, argv in entries.items())
 
 
 def ensure_local_user(settings: Settings, url: str) -> str:

@@ -87,7 +87,7 @@ def job_tasks(job_id: str) -> Response:
 @bp.get("/jobs/<job_id>/tasks/<task_id>")
 @token_required
 def job_task(job_id: str, task_id: str) -> Response:
-    """One task, with what it printed (its start and end when long)."""
+    """One task, with what it printed (the beginning of long output)."""
     svc = services()
     svc.registry.get_job(job_id, g.user)
     reg = TaskRegistry(svc.registry)

@@ -246,6 +246,7 @@ def run(args: argparse.Namespace, tmp: Path, s3: object, endpoint: str, token: s
     growth: dict[str, list[int]] = {}
 
     def measure(label: str, fn: Callable[[], object], watch: RssWatch | None = None) -> None:
+        os.sync()   # every transfer starts without the previous one's dirty pages to write back
         if watch is None:
             seconds = timed(fn)
         else:

@@ -27,6 +27,14 @@ def up(host: str, port: int, data_dir: Path | None, classes: str) -> None:
            classes=[c for c in classes.split(",") if c] or None, log=click.echo)
 
 
+@main.command("procfile")
+def procfile_command() -> None:
+    """Print the Procfile: web, job, task and device workers, as `qhybrid up` runs them."""
+    from app.service import procfile
+
+    click.echo(procfile(), nl=False)
+
+
 @main.group()
 def user() -> None:
     """Users and their tokens."""

@@ -14,8 +14,10 @@ import socket
 import struct
 import subprocess
 import tarfile
+import time
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
@@ -316,6 +318,28 @@ def test_quota_answers_413_and_changes_nothing(quota_service: RunningService,
     assert usage["max_bytes"] == QUOTA_BYTES
 
 
+def test_two_uploads_at_once_cannot_overflow_the_quota(quota_service: RunningService,
+                                                        tmp_path: Path) -> None:
+    # given two uploads of one user that each fit the quota, but not together
+    client = quota_service.client()
+    bodies = {n: make_tar(tmp_path / n, {"x": os.urandom(3 * MiB)}).read_bytes()
+              for n in ("a.tar", "b.tar")}
+
+    def slowly(data: bytes) -> Iterator[bytes]:
+        for i in range(0, len(data), 256 * 1024):
+            time.sleep(0.02)
+            yield data[i:i + 256 * 1024]
+
+    # when they are sent at the same time
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda n: api(client, "PUT", n, data=slowly(bodies[n])),
+                                bodies))
+
+    # then one is stored and the other refused, as if they had come one after the other
+    assert sorted(r.status_code for r in answers) == [201, 413]
+    assert len(client.files()) == 1
+
+
 # --- atomic uploads -------------------------------------------------------------------------
 def cut_upload(client: Client, name: str, sent: bytes, declared: int,
                svc: RunningService, reset: bool) -> None:
@@ -572,6 +596,23 @@ def test_pages_list_upload_download_delete(any_service: RunningService, tmp_path
     assert s.get(f"{url}/files/page.h5", timeout=10).status_code == 404
 
 
+def test_a_cut_page_upload_leaves_no_trace(service: RunningService, tmp_path: Path) -> None:
+    s, csrf = browser(service)
+    head = (b"--XX\r\nContent-Disposition: form-data; name=\"csrf_token\"\r\n\r\n"
+            + csrf.encode() + b"\r\n--XX\r\nContent-Disposition: form-data; name=\"file\"; "
+            b"filename=\"cut.tar\"\r\n\r\n" + tar_head("x", 10 * MiB) + os.urandom(2 * MiB))
+    u = urlparse(service.url)
+    cookies = "; ".join(f"{c.name}={c.value}" for c in s.cookies)
+    sock = socket.create_connection((u.hostname, u.port))
+    sock.sendall((f"POST /files HTTP/1.1\r\nHost: {u.netloc}\r\nCookie: {cookies}\r\n"
+                  "Content-Type: multipart/form-data; boundary=XX\r\n"
+                  f"Content-Length: {len(head) + 9 * MiB}\r\n\r\n").encode() + head)
+    wait_until(lambda: leftovers(service), timeout=20)
+    sock.close()
+    assert wait_until(lambda: not leftovers(service), timeout=20)
+    assert "cut.tar" not in s.get(f"{service.url}/files", timeout=10).text
+
+
 def test_pages_need_a_login(service: RunningService) -> None:
     resp = requests.get(f"{service.url}/files", allow_redirects=False, timeout=10)
     assert resp.status_code == 302 and "/login" in resp.headers["Location"]
@@ -583,3 +624,59 @@ def test_cli_is_documented_in_help() -> None:
     assert out.returncode == 0
     for cmd in ("list", "upload", "download", "delete"):
         assert cmd in out.stdout
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SCREENSHOT = Path("/tmp/qhybrid-files-page.png")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}")
+def test_files_page_in_a_real_browser(any_service: RunningService, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    _, token = any_service.new_user()
+    url = any_service.url
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                      args=CHROMIUM_ARGS)
+        try:
+            page = chromium.new_context(accept_downloads=True).new_page()
+            page.set_default_timeout(15_000)
+            page.goto(url + "/files")
+            page.fill("#token", token)
+            page.click("button:text('Log in')")
+            page.wait_for_url(url + "/files")
+
+            # the browser sends the form as it is laid out: the token first, then the file
+            tar = make_tar(tmp_path / "browser.tar.gz", {"b": os.urandom(300_000)}, gz=True)
+            page.set_input_files("#file", str(tar))
+            with page.expect_navigation() as nav:
+                page.click("button:text('Upload')")
+            assert nav.value.status == 200 and page.locator("text=Stored browser.tar.gz").count()
+            page.set_input_files("#file", str(make_h5(tmp_path / "w.h5")))
+            page.click("button:text('Upload')")
+            page.wait_for_selector("text=Stored w.h5")
+
+            fake = tmp_path / "fake.h5"
+            fake.write_text("not hdf5")
+            page.set_input_files("#file", str(fake))
+            with page.expect_navigation() as nav:
+                page.click("button:text('Upload')")
+            assert nav.value.status == 415
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+            with page.expect_download() as dl:
+                page.click("a:text('browser.tar.gz')")
+            assert Path(dl.value.path()).read_bytes() == tar.read_bytes()
+
+            row = page.locator("tr", has_text="w.h5")
+            with page.expect_navigation():
+                row.locator("button:text('Delete')").click()
+            assert page.locator("text=Deleted w.h5").count()
+        finally:
+            chromium.close()
+    assert Client(url=url, token=token).files() == ["browser.tar.gz"]

@@ -104,3 +104,12 @@ def test_up_serves_stops_and_restarts_with_everything_kept(tmp_path: Path) -> No
     finally:
         del os.environ["XDG_CONFIG_HOME"]
         _stop(up)
+
+
+def test_procfile_is_what_qhybrid_up_runs() -> None:
+    made = subprocess.run([sys.executable, "-m", "qhybrid.cli", "procfile"], capture_output=True,
+                          text=True, timeout=60, check=True)
+    committed = (Path(__file__).resolve().parent.parent / "Procfile").read_text()
+    assert made.stdout == committed, "regenerate it: qhybrid procfile > Procfile"
+    names = [line.split(":")[0] for line in committed.splitlines() if line and line[0] != "#"]
+    assert names[:3] == ["web", "jobs-small", "tasks-small"] and names[-1] == "devices"
