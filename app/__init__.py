@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask
 
 from tasks.celery_app import make_celery
+from tasks.isolation import make_undumpable
 from tasks.services import Services
 from tasks.settings import Settings
 
@@ -26,6 +27,7 @@ def _secret_key(settings: Settings) -> str:
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    make_undumpable()     # the web process holds credentials: not for other processes to read
     app = Flask(__name__)
     settings: Settings = (test_config or {}).get("SETTINGS") or Settings.from_env()
     app.config.update(

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 import requests
 
 from qhybrid import config
+from tasks.isolation import job_account, private_dir
 from tasks.queues import device_queue, jobs_queue, tasks_queue
 from tasks.redis_client import connect, redis_server_binary
 from tasks.registry import Registry
@@ -46,17 +49,26 @@ def free_port() -> int:
 
 
 def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the embedded redis-server, persisted with AOF under `data_dir/redis`."""
-    rdir = data_dir / "redis"
-    rdir.mkdir(parents=True, exist_ok=True)
+    """Start the embedded redis-server, persisted with AOF under `data_dir/redis`.
+
+    It asks for a password kept in a private file: any local process could reach the port,
+    and a password on the command line would be readable by all of them.
+    """
+    rdir = private_dir(data_dir / "redis")
+    secret = rdir / "password"
+    if not secret.exists():
+        _write_private(secret, secrets.token_urlsafe(32))
+    password = secret.read_text().strip()
+    conf = rdir / "redis.conf"
+    _write_private(conf, f"requirepass {password}\n")
     port = port or free_port()
     proc = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir),
-         "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+        [redis_server_binary(), str(conf), "--port", str(port), "--bind", "127.0.0.1",
+         "--dir", str(rdir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
          "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning",
          "--logfile", str(rdir / "redis.log")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
     r = connect(url)
     deadline = time.monotonic() + 20
     while True:
@@ -70,8 +82,30 @@ def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Pop
     # AOF loading: wait until the data set is ready
     while r.info("persistence").get("loading"):
         time.sleep(0.05)
-    (rdir / "url").write_text(url)   # so `qhybrid user create` finds it
+    _write_private(rdir / "url", url)   # so `qhybrid user create` finds it
     return proc, url
+
+
+def prepare_dirs(settings: Settings, env: dict[str, str]) -> None:
+    """Only the service's account enters its data; user code gets a work directory it can reach.
+
+    With QHYBRID_JOB_USER set (workers running as root), user code runs as that account,
+    which cannot enter a data directory under /root: job directories go to the temp directory.
+    """
+    os.chmod(settings.data_dir, 0o711)
+    for name in ("storage", "logs", "redis"):
+        private_dir(settings.data_dir / name)
+    if job_account(env) is not None and not env.get("QHYBRID_WORK_DIR"):
+        env["QHYBRID_WORK_DIR"] = str(Path(tempfile.gettempdir()) / "qhybrid-work")
+    work = Path(env.get("QHYBRID_WORK_DIR") or settings.data_dir / "work")
+    work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o711)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
 
 
 @dataclass
@@ -250,6 +284,7 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
     settings = Settings.from_env(env)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env["QHYBRID_DATA_DIR"] = str(settings.data_dir)
+    prepare_dirs(settings, env)
     redis_proc = None
     stopping = False
 

@@ -16,6 +16,8 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 
+from tasks.isolation import drop_capabilities
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -30,6 +32,8 @@ class ChildSpec:
     cpus: list[int] = field(default_factory=list)
     mem_bytes: int = 0
     tail_lines: int = 15
+    # The account user code runs as (uid, gid), when the worker is root; see tasks.isolation.
+    run_as: tuple[int, int] | None = None
     # Set for a function call instead of a script: a cloudpickle file of (fn, args, kwargs);
     # the return value goes to return_path as codec JSON ("json") or cloudpickle ("pickle").
     call_path: str = ""
@@ -119,6 +123,11 @@ def main(spec: ChildSpec) -> None:
     code = 0
     try:
         _apply_limits(spec)
+        if spec.run_as:
+            os.setgroups([])
+            os.setgid(spec.run_as[1])
+            os.setuid(spec.run_as[0])
+        drop_capabilities()
         os.chdir(spec.cwd)
         sys.path[:0] = spec.sys_path
         sys.argv = list(spec.argv)

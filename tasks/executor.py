@@ -35,6 +35,7 @@ from storage.tarsafe import safe_extract
 from tasks import defaults as d
 from tasks.channel import ChannelServer, Handler
 from tasks.child import ChildSpec
+from tasks.isolation import hand_over, job_account
 from tasks.resources import ResourceClass
 from tasks.settings import Settings
 from tasks.supervisor import _THREAD_ENV, _kill_group, clean_env, warm_parent
@@ -57,6 +58,9 @@ class Executor:
         self.spool.mkdir(parents=True)
         self.log_path = self.dir / "output.log"
         self.log_path.touch()
+        # Read through a descriptor opened now: the directory becomes the user's, who could
+        # swap the file for a link to something only the worker may read.
+        self._log_fd = os.open(self.log_path, os.O_RDONLY | os.O_NOFOLLOW)
         self._log_pos = 0
         # Unix socket paths are short (107 bytes): they live in a private temporary directory.
         self._sock_dir = Path(tempfile.mkdtemp(prefix="qh-x"))
@@ -87,6 +91,11 @@ class Executor:
                          log_path=str(self.log_path), error_path=str(self.dir / "error.txt"),
                          sys_path=[str(src)], mem_bytes=rc.mem, call_path=str(call),
                          return_path=str(self.dir / "return.pkl"), return_format="pickle")
+        account = job_account()
+        if account is not None:     # workers run as root: user code runs as the job account
+            hand_over(account, self.dir, self._sock_dir)
+            spec.run_as = (account.uid, account.gid)
+            spec.env["HOME"] = str(self.dir)
         from tasks import child
 
         self.proc = warm_parent().Process(target=child.main, args=(spec,), daemon=False)
@@ -156,10 +165,8 @@ class Executor:
     def read_output(self) -> bytes:
         """What the executor wrote since the last call."""
         try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(self._log_pos)
-                chunk = fh.read(d.TASK_LOG_MAX_BYTES * 4)
-        except FileNotFoundError:
+            chunk = os.pread(self._log_fd, d.TASK_LOG_MAX_BYTES * 4, self._log_pos)
+        except OSError:
             return b""
         self._log_pos += len(chunk)
         return chunk
@@ -174,6 +181,10 @@ class Executor:
         if self.proc.pid is not None:
             self.proc.join(5)
         self.channel.close()
+        try:
+            os.close(self._log_fd)
+        except OSError:
+            pass
         shutil.rmtree(self._sock_dir, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -189,7 +200,9 @@ class ExecutorPool:
         self.settings = settings
         self.op_names = op_names
         self.store = store
-        self.root = settings.data_dir / "work" / f"tasks-{os.getpid()}"
+        self.root = settings.work_dir / f"tasks-{os.getpid()}"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o711)        # the job account may pass through, not list
         self._idle: dict[tuple[str, str, str], list[Executor]] = {}
         self._busy: set[Executor] = set()
         self._sources: dict[tuple[str, str], Path] = {}
@@ -289,6 +302,7 @@ class ExecutorPool:
             except Exception:        # no tar (a hybrid job ships a pickled function): empty
                 shutil.rmtree(path, ignore_errors=True)
                 path.mkdir(parents=True)
+            hand_over(job_account(), path)
             with self._lock:
                 self._sources[jk] = path
             return path

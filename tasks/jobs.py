@@ -21,6 +21,7 @@ from celery.signals import worker_init, worker_ready, worker_shutdown, worker_sh
 from tasks import defaults as d
 from tasks.distributed import stop_job_tasks
 from tasks.hybrid import supervisor_class
+from tasks.isolation import make_undumpable
 from tasks.queues import RUN_JOB_TASK, jobs_queue
 from tasks.reservations import repair as repair_reservations
 from tasks.services import Services, from_env
@@ -124,6 +125,7 @@ def _housekeeping(celery: Celery, queues: list[str]) -> None:
 
 @worker_init.connect
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    make_undumpable()   # our environment holds credentials: not for user code to read
     consumed = list(sender.app.amqp.queues.consume_from or {}) if sender is not None else []
     if consumed and all(q.startswith("device.") for q in consumed):
         return      # a device worker (tasks.devices) runs no user code

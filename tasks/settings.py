@@ -33,12 +33,19 @@ class Settings:
     max_runtime_s: int = defaults.DEFAULT_MAX_RUNTIME_S
     server_max_runtime_s: int = defaults.SERVER_MAX_RUNTIME_S
     secret_key: str = field(default="", repr=False)
+    # Where job and task directories are made; user code must be able to enter it.
+    work_dir_override: str = ""
     files_max_bytes: int = defaults.FILES_MAX_BYTES    # per-user quota of the flat file store
     files_max_count: int = defaults.FILES_MAX_COUNT
     files_redirect: bool = True    # S3 downloads: redirect to a presigned URL, else stream through
     devices_path: Path | None = None   # TOML of extra devices (backends.registry.load_devices)
     device_threads: int = 0            # simulator threads per quantum task; 0: cores / slots
     allow_installs: bool = False       # hybrid jobs may pip-install their `dependencies`
+
+    @property
+    def work_dir(self) -> Path:
+        """Job and task directories: QHYBRID_WORK_DIR, else `<data dir>/work`."""
+        return Path(self.work_dir_override) if self.work_dir_override else self.data_dir / "work"
 
     @classmethod
     def from_env(cls, env: os._Environ[str] | dict[str, str] | None = None) -> Settings:
@@ -56,6 +63,7 @@ class Settings:
             max_runtime_s=int(env.get("QHYBRID_MAX_RUNTIME", defaults.DEFAULT_MAX_RUNTIME_S)),
             server_max_runtime_s=int(env.get("QHYBRID_SERVER_MAX_RUNTIME", defaults.SERVER_MAX_RUNTIME_S)),
             secret_key=env.get("QHYBRID_SECRET_KEY", ""),
+            work_dir_override=env.get("QHYBRID_WORK_DIR", ""),
             files_max_bytes=int(env.get("QHYBRID_FILES_MAX_BYTES", defaults.FILES_MAX_BYTES)),
             files_max_count=int(env.get("QHYBRID_FILES_MAX_COUNT", defaults.FILES_MAX_COUNT)),
             files_redirect=env.get("QHYBRID_FILES_REDIRECT", "1").lower() not in ("0", "false", "no"),

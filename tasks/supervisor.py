@@ -30,6 +30,7 @@ from tasks import files, quantum_tasks
 from tasks.channel import ChannelServer
 from tasks.child import ChildSpec
 from tasks.distributed import JobTasks
+from tasks.isolation import hand_over, job_account
 from tasks.registry import Registry
 from tasks.resources import ResourceClass
 from tasks.settings import SECRET_ENV_PREFIXES, Settings
@@ -94,7 +95,7 @@ class Supervisor:
         self.worker = worker
         self.cpus = cpus or []
         self.prefix: str = job["prefix"]
-        self.job_dir = settings.data_dir / "work" / f"{self.job_id}-{job.get('attempt') or 1}"
+        self.job_dir = settings.work_dir / f"{self.job_id}-{job.get('attempt') or 1}"
         self.results_dir = self.job_dir / "results"
         self.log_path = self.job_dir / "output.log"
         self.error_path = self.job_dir / "error.txt"
@@ -194,6 +195,11 @@ class Supervisor:
         from tasks import child
 
         self.log_path.touch()
+        account = job_account()
+        if account is not None:
+            hand_over(account, self.job_dir, self._socket_dir)
+            spec.run_as = (account.uid, account.gid)
+            spec.env["HOME"] = str(self.job_dir)
         proc = warm_parent().Process(target=child.main, args=(spec,), daemon=False)
         proc.start()
         self.usage.follow(proc.pid)

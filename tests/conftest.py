@@ -92,7 +92,8 @@ def _worker_argv(resource_class: str) -> list[str]:
 
 
 def start_service(tmp: Path, redis_url: str, backend: str, endpoint: str | None,
-                  db: int) -> RunningService:
+                  db: int, extra_env: dict[str, str] | None = None,
+                  classes: list[str] | None = None) -> RunningService:
     env = dict(os.environ)
     for k in list(env):
         if k.startswith("QHYBRID_"):
@@ -102,6 +103,10 @@ def start_service(tmp: Path, redis_url: str, backend: str, endpoint: str | None,
         "QHYBRID_DATA_DIR": str(tmp / "data"),
         "QHYBRID_SECRET_KEY": "test-secret",
         "PYTHONPATH": str(ROOT),
+        # Test programs write marker files into pytest's private temp directories, so user
+        # code runs as the workers' account here; test_isolation runs it as `nobody`.
+        "QHYBRID_JOB_USER": "",
+        **(extra_env or {}),
     })
     if backend == "s3":
         import boto3
@@ -112,7 +117,8 @@ def start_service(tmp: Path, redis_url: str, backend: str, endpoint: str | None,
         env["QHYBRID_S3_ENDPOINT_URL"] = endpoint or ""
     else:
         env["QHYBRID_STORAGE_URL"] = (tmp / "storage").resolve().as_uri()
-    service = Service(host="127.0.0.1", port=free_port(), env=env, classes=list(WORKER_CLASSES),
+    service = Service(host="127.0.0.1", port=free_port(), env=env,
+                      classes=list(classes or WORKER_CLASSES),
                       log_dir=tmp / "logs")
     service.start_web()
     service.start_workers()

@@ -1,0 +1,122 @@
+"""User code cannot reach what the service holds: credentials, Redis, the data directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from qhybrid import Program
+from tests.conftest import RunningService, start_service, write_program
+
+PROBE = r'''
+import glob, os, socket
+from qhybrid import get_arguments, save_result
+
+args = get_arguments()
+secrets = args["secrets"]
+leaks, readable = [], 0
+for path in glob.glob("/proc/[0-9]*/environ") + glob.glob("/proc/[0-9]*/cmdline"):
+    try:
+        data = open(path, "rb").read().decode(errors="replace")
+    except OSError:
+        continue
+    readable += 1
+    leaks += [f"{path}: {s[:6]}..." for s in secrets if s in data]
+
+def refused(path):
+    try:
+        os.listdir(path) if os.path.isdir(path) else open(path).read()
+    except (PermissionError, FileNotFoundError):
+        return True
+    return False
+
+with socket.create_connection(("127.0.0.1", args["redis_port"])) as sock:
+    sock.sendall(b"PING\r\n")
+    redis_answer = sock.recv(200).decode()
+
+open("made-by-the-job.txt", "w").write("ok")
+save_result({"uid": os.getuid(), "leaks": leaks, "readable": readable,
+             "refused": {p: refused(p) for p in args["private"]},
+             "redis": redis_answer, "home_writable": os.access(os.environ["HOME"], os.W_OK)})
+'''
+
+
+def _probe(svc: RunningService, tmp_path: Path) -> tuple[dict, object]:  # type: ignore[type-arg]
+    client = svc.client()
+    redis_url = urlparse(svc.env["QHYBRID_REDIS_URL"])
+    assert redis_url.password, "the embedded Redis asks for a password"
+    private = [str(svc.data_dir / "storage"), str(svc.data_dir / "redis"),
+               str(svc.data_dir / "redis" / "url"), str(svc.data_dir / "secret_key")]
+    client.upload(Program(title="probe", entrypoint="main.py",
+                          working_dir=write_program(tmp_path / "src", PROBE)))
+    job = client.run("probe", {"secrets": [redis_url.password, client.token, "test-secret"],
+                               "redis_port": redis_url.port, "private": private})
+    seen = job.result(timeout=120)
+    job.download_result(tmp_path / "model.tar.gz")
+    with tarfile.open(tmp_path / "model.tar.gz") as tar:
+        assert "made-by-the-job.txt" in tar.getnames()
+    return seen, job
+
+
+def test_user_code_cannot_read_the_services_environment(service: RunningService,
+                                                        tmp_path: Path) -> None:
+    # given the service as the tests run it: user code under the workers' own account
+    seen, _ = _probe(service, tmp_path)
+    # then it looked at every process it could, and found no secret in any environment or
+    # command line: server processes are not dumpable, and the child has no capabilities
+    assert seen["readable"] > 0
+    assert seen["leaks"] == []
+    assert "NOAUTH" in seen["redis"]                # and Redis wants the password it lacks
+
+
+def _nobody_can_run_python() -> bool:
+    try:
+        done = subprocess.run([sys.executable, "-c", "import pkgutil, qhybrid"], user="nobody",
+                              capture_output=True, timeout=60, cwd="/")
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def isolated_service(redis_server: str) -> Iterator[RunningService]:
+    """User code as `nobody` (QHYBRID_JOB_USER), the data directory private."""
+    if os.geteuid() != 0:
+        pytest.skip("running user code as another account needs the workers to run as root")
+    if not _nobody_can_run_python():
+        pytest.skip(f"the account 'nobody' cannot run {sys.executable} here (Python is "
+                    "installed where only root can read it)")
+    top = Path(tempfile.mkdtemp(prefix="qh-iso-"))
+    top.chmod(0o711)
+    data = top / "data"
+    data.mkdir()
+    from app.service import prepare_dirs
+    from tasks.settings import Settings
+
+    env = {"QHYBRID_DATA_DIR": str(data), "QHYBRID_JOB_USER": "nobody",
+           "QHYBRID_WORK_DIR": str(top / "work")}
+    prepare_dirs(Settings.from_env(env), env)
+    running = start_service(top, redis_server, "file", None, db=3, extra_env=env,
+                            classes=["small"])
+    yield running
+    running.service.stop()
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def test_user_code_as_another_account_cannot_read_the_data(isolated_service: RunningService,
+                                                           tmp_path: Path) -> None:
+    seen, job = _probe(isolated_service, tmp_path)
+    assert seen["uid"] != 0
+    assert seen["leaks"] == []
+    assert all(seen["refused"].values()), seen["refused"]
+    assert "NOAUTH" in seen["redis"]
+    assert seen["home_writable"]
