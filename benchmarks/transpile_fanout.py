@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -132,6 +133,7 @@ def fanned_out(n: int) -> tuple[float, list[int]]:
         service.stop()
         redis_proc.terminate()
         redis_proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:

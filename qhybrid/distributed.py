@@ -33,7 +33,13 @@ from typing import Any, TypeVar, overload
 import cloudpickle
 
 from qhybrid import _channel
-from qhybrid._executor import LOCAL_WORKER_ENV, format_remote_error, recv_frame, send_frame
+from qhybrid._executor import (
+    LOCAL_WORKER_ENV,
+    dumps,
+    format_remote_error,
+    recv_frame,
+    send_frame,
+)
 from qhybrid.errors import InvalidInput, QhybridError, TaskFailed, Timeout
 
 __all__ = ["distribute_task", "get", "put", "wait", "map_reduce", "TaskRef", "ObjectRef",
@@ -43,10 +49,12 @@ T = TypeVar("T")
 Target = str | dict[str, Any] | None
 
 BATCH_S = 0.005                 # calls this close together go as one batch (one Celery group)
+BATCH_MAX_AGE_S = 0.05          # ... but the first call of a batch waits at most this long
 BATCH_MAX = 1000                # ... of at most this many calls
 BATCH_MAX_BYTES = 16 * 1024**2
 INLINE_BYTES = 256 * 1024       # bigger blobs cross the channel as files in the spool directory
 COLLECT_WAIT_S = 0.5            # one channel call waits at most this long
+LINGER_S = 0.05                 # ... and once a result came, this long for more
 
 _PENDING, _DONE, _FINISHED, _FAILED = "pending", "done", "finished", "failed"
 
@@ -175,7 +183,7 @@ class DistributedTask:
         """(digest, pickled function), made once per process."""
         key = (os.getpid(), 0)
         if key not in self._cache:
-            blob = cloudpickle.dumps(self._fn, protocol=5)
+            blob = dumps(self._fn)
             self._cache[key] = (hashlib.sha1(blob).hexdigest(), blob)
         return self._cache[key]  # type: ignore[no-any-return]
 
@@ -395,6 +403,7 @@ class _RemoteBackend(_Backend):
         self._sent_fns: set[str] = set()
         self._info: dict[str, Any] | None = None
         self._wake = threading.Event()
+        self._first = self._last = 0.0       # when the pending batch's first and last call came
         self._flusher: threading.Thread | None = None
         self._send_lock = threading.Lock()
         self._noted = ""
@@ -415,7 +424,7 @@ class _RemoteBackend(_Backend):
         if digest not in self._sent_fns and digest not in self._pending_fns:
             self._pending_fns[digest] = _encode(blob, spool, f"fn-{digest}")
             self._pending_bytes += min(len(blob), INLINE_BYTES)
-        payload = cloudpickle.dumps((args, kwargs), protocol=5)
+        payload = dumps((args, kwargs))
         self._pending_bytes += min(len(payload), INLINE_BYTES)
         return {"id": task_id, "name": task.name, "fn": digest, "kind": kind,
                 "class": task._resource_class(self), "args": _encode(payload, spool, task_id)}
@@ -426,6 +435,9 @@ class _RemoteBackend(_Backend):
         ref = TaskRef(uuid.uuid4().hex, task.name, self)
         with self._lock:
             self._pending.append(self._entry(task, args, kwargs, "task", ref.task_id))
+            self._last = time.monotonic()
+            if len(self._pending) == 1:
+                self._first = self._last
             full = len(self._pending) >= BATCH_MAX or self._pending_bytes >= BATCH_MAX_BYTES
         if full:
             self.flush()
@@ -455,9 +467,15 @@ class _RemoteBackend(_Backend):
         self._wake.set()
 
     def _flush_loop(self) -> None:
+        """Send a batch once no call came for BATCH_S, or its first call waited BATCH_MAX_AGE_S."""
         while True:
             self._wake.wait()
-            time.sleep(BATCH_S)
+            while True:
+                now = time.monotonic()
+                due = min(self._last + BATCH_S, self._first + BATCH_MAX_AGE_S)
+                if now >= due:
+                    break
+                time.sleep(due - now)
             self._wake.clear()
             try:
                 self.flush()
@@ -497,8 +515,10 @@ class _RemoteBackend(_Backend):
             if left is not None and left <= 0 and timeout != 0:
                 return
             step = COLLECT_WAIT_S if left is None else max(0.0, min(COLLECT_WAIT_S, left))
+            # for values, answer as results come (each batch decoded while others run)
             reply = _channel.call("tasks_collect", ids=open_ids, wait=step,
-                                  min_done=min_done - done, values=values)
+                                  min_done=1 if values else min_done - done, values=values,
+                                  linger=LINGER_S if values else 0.0)
             for task_id, entry in (reply.get("done") or {}).items():
                 _apply(by_id.get(task_id, []), entry)
             note = reply.get("waiting_for")
@@ -510,7 +530,7 @@ class _RemoteBackend(_Backend):
 
     def put(self, value: Any) -> ObjectRef:
         ref_id = uuid.uuid4().hex
-        blob = cloudpickle.dumps(value, protocol=5)
+        blob = dumps(value)
         spool = self.info()["spool_dir"]
         _channel.call("tasks_put", ref=ref_id, **_encode(blob, spool, f"obj-{ref_id}"))
         return ObjectRef(ref_id, value, has_value=True)
@@ -680,7 +700,7 @@ class _LocalBackend(_Backend):
 
     def submit(self, task: DistributedTask, args: tuple[Any, ...],
                kwargs: dict[str, Any]) -> TaskRef:
-        return self._enqueue(task, "call", [cloudpickle.dumps((args, kwargs), protocol=5)])
+        return self._enqueue(task, "call", [dumps((args, kwargs))])
 
     def chord(self, task: DistributedTask, calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
               reducer: DistributedTask) -> TaskRef:
@@ -694,7 +714,7 @@ class _LocalBackend(_Backend):
                      f"{failed._error}", error_type=failed._error_type)
             return ref
         return self._enqueue(reducer, "reduce",
-                             [cloudpickle.dumps(r._value, protocol=5) for r in maps])
+                             [dumps(r._value) for r in maps])
 
     def collect(self, refs: list[TaskRef], *, values: bool, min_done: int,
                 timeout: float | None) -> None:
@@ -715,7 +735,7 @@ class _LocalBackend(_Backend):
         ref_id = uuid.uuid4().hex
         path = os.path.join(self._spool, ref_id)
         with open(path, "wb") as fh:
-            cloudpickle.dump(value, fh, protocol=5)
+            fh.write(dumps(value))
         return ObjectRef(ref_id, value, path=path, has_value=True)
 
     def close(self) -> None:

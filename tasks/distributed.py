@@ -26,7 +26,9 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import re
+import stat
 import threading
 import time
 import uuid
@@ -39,10 +41,18 @@ from typing import TYPE_CHECKING, Any
 from celery import shared_task
 from celery.signals import worker_shutdown, worker_shutting_down
 
-from qhybrid.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, QhybridError
+from qhybrid.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    QhybridError,
+    ServiceUnavailable,
+)
 from storage import keys
 from storage.store import ObjectStore
 from tasks import defaults as d
+from tasks.isolation import job_account
 from tasks.queues import REDUCE_TASK, RUN_MAP_TASK, RUN_TASK, tasks_queue
 from tasks.registry import Registry
 from tasks.resources import ResourceClass, pick_class
@@ -282,6 +292,12 @@ class TaskRegistry:
             canceled += [str(x) for x in now_canceled]
         return running, canceled
 
+    def cancel_unsent(self, ids: list[str], reason: str) -> None:
+        """End queued tasks whose messages could not be sent (the broker failed)."""
+        for start in range(0, len(ids), 500):
+            self._cancel(keys=[_k_task(t) for t in ids[start:start + 500]],
+                         args=[_now(), reason])
+
     def force_cancel(self, ids: list[str], reason: str) -> int:
         if not ids:
             return 0
@@ -385,6 +401,7 @@ class TaskSession:
         self._last_reconcile = 0.0
         self._kick_seen: dict[str, float] = {}
         self._last_wait_note = 0.0
+        self._spool_fd: int | None = None
         self._ops: dict[str, Callable[..., Any]] = {
             "tasks_hello": self.op_hello, "tasks_target": self.op_target,
             "tasks_submit": self.op_submit, "tasks_collect": self.op_collect,
@@ -400,10 +417,13 @@ class TaskSession:
     def close(self) -> None:
         if self.owned:
             self.env.registry.r.delete(self.inbox)
+        if self._spool_fd is not None:
+            os.close(self._spool_fd)
+            self._spool_fd = None
 
     # --- channel operations ------------------------------------------------------------------
     def op_hello(self) -> dict[str, Any]:
-        self.spool.mkdir(parents=True, exist_ok=True)
+        self._spool()
         return {"spool_dir": str(self.spool), "job_id": self.job_id,
                 "task_id": self.parent_task or None, "classes": list(self.env.classes)}
 
@@ -442,29 +462,48 @@ class TaskSession:
             raise InvalidInput("map tasks belong to a reduce of the same batch", field="kind")
         if self.env.tasks.count(self.job_id) + len(entries) > d.MAX_TASKS_PER_JOB:
             raise Conflict(f"a job may run at most {d.MAX_TASKS_PER_JOB} tasks")
-        self._write(entries)
-        self._send(entries)
+        batch = uuid.uuid4().hex          # the Celery group's id
+        self._write(entries, batch)
+        try:
+            self._send(entries, batch)
+        except Exception as exc:          # no record may wait for a message that never went
+            self.env.tasks.cancel_unsent([e["id"] for e in entries], f"not sent: {exc}")
+            raise ServiceUnavailable(f"the task queue refused the tasks: {exc}") from exc
         return len(entries)
 
     def op_collect(self, ids: Any, wait: Any = d.TASK_COLLECT_WAIT_S, min_done: Any = None,
-                   values: Any = True) -> dict[str, Any]:
+                   values: Any = True, linger: Any = 0.0) -> dict[str, Any]:
+        """The ids that ended (with values), once `min_done` of them did or `wait` passed.
+
+        With `linger`, it waits that much longer for more to end before it answers, so that
+        results come back as they end, in few calls.
+        """
         if not isinstance(ids, list) or len(ids) > d.MAX_TASKS_PER_JOB:
             raise InvalidInput("ids is a list of task ids", field="ids")
         ids = [_check_id(i, "ids") for i in ids]
         try:
             wait_s = min(max(float(wait), 0.0), 5.0)
+            linger_s = min(max(float(linger), 0.0), 1.0)
         except (TypeError, ValueError):
-            raise InvalidInput("wait is a number of seconds", field="wait") from None
+            raise InvalidInput("wait and linger are numbers of seconds", field="wait") from None
         need = len(ids) if min_done is None else min(max(int(min_done), 0), len(ids))
         deadline = time.monotonic() + wait_s
-        statuses = self._statuses(ids, force=True)
+        statuses = self._statuses(ids)
+        lingering = False
         while True:
             done = [i for i in ids if statuses.get(i) in TERMINAL]
-            if len(done) >= need or time.monotonic() >= deadline:
+            if len(done) == len(ids) or time.monotonic() >= deadline:
                 break
+            if len(done) >= need:
+                if lingering or not linger_s:
+                    break
+                lingering = True
+                deadline = min(deadline, time.monotonic() + linger_s)
             pending = [i for i in ids if statuses.get(i) not in TERMINAL]
             if not (self.helper and self.helper(self, pending)):
-                self._wait_inbox(deadline)
+                # others' tasks do not report to this inbox: look again soon
+                foreign = any(i not in self.owned for i in pending)
+                self._wait_inbox(min(deadline, time.monotonic() + 0.05) if foreign else deadline)
             statuses = self._statuses(ids)
         reply: dict[str, Any] = {"done": self._entries(done, bool(values))}
         if len(done) < need and time.monotonic() - self._last_wait_note >= WAIT_NOTE_S:
@@ -553,7 +592,7 @@ class TaskSession:
         if any(pipe.execute()):
             raise Conflict("a task with one of these ids exists already")
 
-    def _write(self, entries: list[dict[str, Any]]) -> None:
+    def _write(self, entries: list[dict[str, Any]], batch: str) -> None:
         r = self.env.registry.r
         seq_end = int(r.incrby(d.JOB_TASK_SEQ_KEY.format(job_id=self.job_id), len(entries)))
         seq = seq_end - len(entries)
@@ -569,6 +608,8 @@ class TaskSession:
                 "name": e["name"], "fn": e["fn"], "class": e["class"],
                 "queue": tasks_queue(e["class"]), "status": d.QUEUED, "created": now,
                 "stage": stage, "seq": seq, "chord": e.get("chord", ""),
+                # the Celery group it was sent in; for map_reduce, the chord (its reduce's id)
+                "group": batch if e["kind"] == TASK else (e.get("chord") or e["id"]),
                 "inbox": self.inbox, "job_key": d.JOB_KEY.format(job_id=self.job_id),
                 "queued_key": d.JOB_QUEUED_TASKS_KEY.format(job_id=self.job_id),
                 "usage_key": d.JOB_USAGE_KEY.format(job_id=self.job_id),
@@ -586,7 +627,7 @@ class TaskSession:
         pipe.execute()
         self.owned.update(e["id"] for e in entries)
 
-    def _send(self, entries: list[dict[str, Any]]) -> None:
+    def _send(self, entries: list[dict[str, Any]], batch: str) -> None:
         """One Celery group for the plain calls; one chord per map_reduce. Ids only."""
         from celery import chord, group
 
@@ -598,7 +639,7 @@ class TaskSession:
 
         plain = [sig(RUN_TASK, e) for e in entries if e["kind"] == TASK]
         if plain:
-            group(plain).apply_async()
+            group(plain).apply_async(task_id=batch)
         by_id = {e["id"]: e for e in entries}
         for e in entries:
             if e["kind"] == REDUCE:
@@ -606,12 +647,16 @@ class TaskSession:
                 chord(header, sig(REDUCE_TASK, e)).apply_async()
 
     # --- waiting -----------------------------------------------------------------------------
-    def _statuses(self, ids: list[str], force: bool = False) -> dict[str, str]:
-        """Status of each id: ended ones from the inbox, the rest re-read now and then."""
+    def _statuses(self, ids: list[str]) -> dict[str, str]:
+        """Status of each id: ended ones from the inbox, the rest re-read now and then.
+
+        Tasks this session submitted push their end to its inbox; others' (a reference
+        passed in) are read each time.
+        """
         out = {i: self.final[i] for i in ids if i in self.final}
         now = time.monotonic()
         foreign = [i for i in ids if i not in out and i not in self.owned]
-        due = force or now - self._last_reconcile >= d.TASK_RECONCILE_S
+        due = now - self._last_reconcile >= d.TASK_RECONCILE_S
         check = [i for i in ids if i not in out] if due else foreign
         if due:
             self._last_reconcile = now
@@ -714,24 +759,54 @@ class TaskSession:
         return out
 
     # --- bytes across the channel ------------------------------------------------------------
+    def _spool(self) -> int:
+        """A descriptor of the spool directory, where big values cross between us and user code.
+
+        Its parent belongs to the user (who may run as another account): every file is opened
+        by name relative to this descriptor, never following links, so no path the user
+        plants can make the worker read or write anything outside it.
+        """
+        if self._spool_fd is None:
+            try:
+                os.mkdir(self.spool, 0o755)
+            except FileExistsError:
+                pass
+            fd = os.open(self.spool, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            account = job_account()
+            if account is not None and os.fstat(fd).st_uid == os.geteuid():
+                os.fchown(fd, account.uid, account.gid)     # user code writes its files here
+            self._spool_fd = fd
+        return self._spool_fd
+
     def _blob_in(self, enc: Any, field: str) -> bytes:
         """Bytes from user code: inline base64, or a file it wrote in the spool directory."""
         if not isinstance(enc, dict):
             raise InvalidInput(f"{field} is {{'data': base64}} or {{'path': spool file}}",
                                field=field)
         if enc.get("path") is not None:
-            path = Path(str(enc["path"]))
-            spool = self.spool.resolve()
-            if path.is_symlink() or not path.resolve().is_relative_to(spool) \
-                    or not path.is_file():
-                raise InvalidInput(f"{field}: files must be in the spool directory {spool}",
+            path = str(enc["path"])
+            name = os.path.basename(path)
+            if os.path.dirname(path) != str(self.spool) or name in ("", ".", ".."):
+                raise InvalidInput(f"{field}: files must be in the spool directory {self.spool}",
                                    field=field)
-            if path.stat().st_size > d.MAX_TASK_BLOB_BYTES:
-                path.unlink()
-                raise PayloadTooLarge(f"{field} is larger than {d.MAX_TASK_BLOB_BYTES} bytes",
-                                      field=field)
-            data = path.read_bytes()
-            path.unlink()
+            spool = self._spool()
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=spool)
+            except OSError:
+                raise InvalidInput(f"{field}: no file {name} in the spool directory",
+                                   field=field) from None
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                    raise InvalidInput(f"{field}: {name} is not a plain file", field=field)
+                if st.st_size > d.MAX_TASK_BLOB_BYTES:
+                    raise PayloadTooLarge(f"{field} is larger than {d.MAX_TASK_BLOB_BYTES} "
+                                          "bytes", field=field)
+                with os.fdopen(os.dup(fd), "rb") as fh:
+                    data = fh.read()
+            finally:
+                os.close(fd)
+                os.unlink(name, dir_fd=spool)
             return data
         raw = enc.get("data")
         if not isinstance(raw, str):
@@ -744,10 +819,12 @@ class TaskSession:
     def _blob_out(self, blob: bytes, name: str) -> dict[str, str]:
         if len(blob) <= d.TASK_CHANNEL_INLINE_BYTES:
             return {"data": base64.b64encode(blob).decode()}
-        self.spool.mkdir(parents=True, exist_ok=True)
-        path = self.spool / f"{name}-{uuid.uuid4().hex[:8]}"
-        path.write_bytes(blob)
-        return {"path": str(path)}
+        name = f"{name}-{uuid.uuid4().hex[:8]}"
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644,
+                     dir_fd=self._spool())
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        return {"path": str(self.spool / name)}
 
 
 # --- a job's side: its supervisor's operations and the end of its tasks --------------------
@@ -1156,6 +1233,7 @@ def task_json(rec: dict[str, Any], iso: Callable[[float | None], str | None]) ->
         "queue": rec.get("queue"),
         "worker": rec.get("worker") or None,
         "parent_task": rec.get("parent") or None,
+        "group": rec.get("group") or None,
         "stage": rec.get("stage") or None,
         "created": iso(rec.get("created")),
         "started": iso(started),

@@ -247,16 +247,13 @@ class ExecutorPool:
             ex.kill()
 
     def reap(self, job_active: Callable[[str, str], bool]) -> int:
-        """Stop idle executors that idled too long or whose job attempt is over."""
+        """Stop idle executors that idled too long or whose job attempt is over; drop the
+        code of job attempts that are over."""
         now = time.monotonic()
         doomed: list[Executor] = []
         with self._lock:
-            keys_ = list(self._idle)
-        verdict: dict[tuple[str, str], bool] = {}
-        for key in keys_:
-            jk = (key[0], key[1])
-            if jk not in verdict:
-                verdict[jk] = job_active(*jk)
+            attempts = {(k[0], k[1]) for k in self._idle} | set(self._sources)
+        verdict = {jk: job_active(*jk) for jk in attempts}
         with self._lock:
             for key, lst in self._idle.items():
                 for ex in list(lst):
@@ -264,9 +261,8 @@ class ExecutorPool:
                             now - ex.last_used > d.EXECUTOR_IDLE_S or not ex.alive():
                         lst.remove(ex)
                         doomed.append(ex)
-            busy_jobs = {(ex.key[0], ex.key[1]) for ex in self._busy}
-            live = busy_jobs | {(k[0], k[1]) for k, lst in self._idle.items() if lst}
-            gone = [jk for jk in self._sources if jk not in live]
+            busy = {(ex.key[0], ex.key[1]) for ex in self._busy}
+            gone = [jk for jk in self._sources if verdict.get(jk) is False and jk not in busy]
             for jk in gone:
                 shutil.rmtree(self._sources.pop(jk), ignore_errors=True)
         for ex in doomed:

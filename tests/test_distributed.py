@@ -7,6 +7,8 @@ the task records in Redis and the processes on this machine (the workers' side).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -69,7 +71,7 @@ def alive(pid: int) -> bool:
 
 ORDER = """
 import random, time
-from qhybrid import distribute_task, get, save_result, wait
+from qhybrid import Timeout, distribute_task, get, save_result, wait
 
 @distribute_task(target="small")
 def square(i):
@@ -85,8 +87,13 @@ def nap(seconds):
 refs = [square(i) for i in range(40)]
 squares = get(refs)
 done, pending = wait([nap(0.01), nap(60), nap(60)], num_returns=1, timeout=20)
+try:
+    get(pending, timeout=0.2)
+    timed_out = False
+except Timeout:
+    timed_out = True
 save_result({"squares": squares, "done": get(done), "pending": len(pending),
-             "again": get(refs[3])})
+             "again": get(refs[3]), "timed_out": timed_out})
 """
 
 
@@ -100,6 +107,7 @@ def test_results_come_back_in_call_order_and_the_api_lists_the_tasks(
     out = result_of(job)
     assert out["squares"] == [i * i for i in range(40)]
     assert out["done"] == [0.01] and out["pending"] == 2 and out["again"] == 9
+    assert out["timed_out"] is True
 
     # and the API lists every task with its status, class, worker and times
     tasks = job.tasks()
@@ -111,6 +119,7 @@ def test_results_come_back_in_call_order_and_the_api_lists_the_tasks(
     assert all(t["worker"] and t["started"] and t["ended"] and t["cpu_time"] is not None
                for t in squares)
     assert [t["name"] for t in squares] == ["square"] * 40
+    assert len({t["group"] for t in squares}) == 1      # a quick loop of calls: one Celery group
     # the two naps still running when the job ended were stopped with it
     wait_until(lambda: [t["status"] for t in job.tasks()[-2:]] == ["CANCELED"] * 2, 20)
     assert "the job ended (DONE)" in job.tasks()[-1]["error"]
@@ -258,6 +267,7 @@ def test_map_reduce_of_200_items_is_one_chord_reduced_on_a_worker(
     tasks = job.tasks()
     kinds = [t["kind"] for t in tasks]
     assert kinds.count("map") == 200 and kinds[-1] == "reduce"
+    assert {t["group"] for t in tasks} == {tasks[-1]["task_id"]}   # one chord
     reduce = tasks[-1]
     assert reduce["status"] == "DONE" and reduce["worker"]
     assert reduce["started"] >= max(t["ended"] for t in tasks[:-1])
@@ -482,3 +492,78 @@ def test_the_job_page_lists_tasks_and_resource_usage(service: RunningService,
     assert "Resource usage" in page and "<td>RUNNING</td>" in page
     assert 'id="tasks"' in page and "201 · 201 DONE" in page
     assert page.count("<code title=") == 200        # the first 200 rows; the API has them all
+
+
+ISOLATED = """
+import os
+from qhybrid import distribute_task, get, get_arguments, put, save_result
+
+big = put(bytes(3 * 1024**2))                 # crosses the channel as a spool file
+
+@distribute_task(target="small")
+def probe(blob, private):
+    try:
+        os.listdir(private)
+        refused = False
+    except PermissionError:
+        refused = True
+    return {"uid": os.getuid(), "size": len(blob), "refused": refused,
+            "echo": bytes(1024**2)}           # a result that comes back as a spool file
+
+@distribute_task(target="small")
+def outer(private):
+    return get(probe(big, private))
+
+out = get([probe(big, get_arguments()["private"]), outer(get_arguments()["private"])])
+save_result([{k: v for k, v in o.items() if k != "echo"} | {"echo": len(o["echo"])}
+             for o in out] + [os.getuid()])
+"""
+
+
+@pytest.fixture(scope="module")
+def isolated_service(redis_server: str) -> Any:
+    """Workers as root, user code as `nobody` (tasks.isolation), as a root install runs."""
+    import shutil
+    import tempfile
+
+    from app.service import prepare_dirs
+    from tasks.settings import Settings
+    from tests.conftest import start_service
+
+    if os.geteuid() != 0:
+        pytest.skip("running user code as another account needs the workers to run as root")
+    try:
+        ok = subprocess.run([sys.executable, "-c", "import pkgutil, qhybrid"], user="nobody",
+                            capture_output=True, timeout=60, cwd="/").returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    if not ok:
+        pytest.skip(f"the account 'nobody' cannot run {sys.executable} here")
+    top = Path(tempfile.mkdtemp(prefix="qh-iso-tasks-"))
+    top.chmod(0o711)
+    (top / "data").mkdir()
+    env = {"QHYBRID_DATA_DIR": str(top / "data"), "QHYBRID_JOB_USER": "nobody",
+           "QHYBRID_WORK_DIR": str(top / "work")}
+    prepare_dirs(Settings.from_env(env), env)
+    running = start_service(top, redis_server, "file", None, db=4, extra_env=env,
+                            classes=["small"])
+    yield running
+    running.service.stop()
+    shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.mark.parametrize("where", ["service", "isolated_service"])
+def test_tasks_run_as_the_job_account_and_move_big_values_through_spool_files(
+        where: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    svc: RunningService = request.getfixturevalue(where)
+    client = svc.client()
+    private = str(svc.data_dir)      # 0711 under isolation: not listable by the job account
+    out = result_of(run_program(client, tmp_path, ISOLATED, private=private))
+    direct, nested, job_uid = out
+    for task in (direct, nested):
+        assert task["uid"] == job_uid
+        assert task["size"] == 3 * 1024**2 and task["echo"] == 1024**2
+        # as root (the tests' own service runs user code as root) nothing is refused
+        assert task["refused"] is (job_uid != 0)
+    if where == "isolated_service":
+        assert job_uid != 0

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPT = """
 import json, os
-from qhybrid import TaskFailed, distribute_task, get, map_reduce, put, wait
+import time
+from qhybrid import TaskFailed, Timeout, distribute_task, get, map_reduce, put, wait
 from qhybrid.errors import NoResourceClass
 
 offset = 10          # a global of the script: shipped by value with the function
@@ -35,6 +36,11 @@ def fan(n):
 def pid(_):
     return os.getpid()
 
+@distribute_task
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
 out = {}
 refs = [add(i) for i in range(50)]
 out["ordered"] = get(refs) == [i + 10 for i in range(50)]
@@ -52,6 +58,12 @@ out["map_reduce"] = map_reduce(lambda x: x * 2, range(200), reduce=sum)
 out["map_only"] = map_reduce(lambda x: -x, range(3))
 out["processes"] = len(set(get([pid(i) for i in range(16)])))
 out["parent"] = os.getpid() not in get([pid(0)])
+slow = nap(0.5)
+try:
+    get(slow, timeout=0.05)
+except Timeout:
+    out["timeout"] = True
+out["after_timeout"] = get(slow)
 try:
     distribute_task(target={"cpu": 64})(abs)(1)
 except NoResourceClass as exc:
@@ -79,7 +91,7 @@ def test_local_mode_keeps_order_and_shares_put_objects(local_run: dict) -> None:
 
 def test_local_mode_raises_task_failed_with_the_remote_traceback(local_run: dict) -> None:
     assert "KeyError: 'no 2'" in local_run["error"]
-    assert 'script.py", line 14, in fail' in local_run["error"]
+    assert 'script.py", line 15, in fail' in local_run["error"]
     assert local_run["remote_type"] == "KeyError"
 
 
@@ -92,6 +104,10 @@ def test_local_mode_nests_waits_and_map_reduces(local_run: dict) -> None:
 
 def test_local_mode_runs_in_other_processes(local_run: dict) -> None:
     assert local_run["parent"] is True and 1 <= local_run["processes"] <= 2
+
+
+def test_local_mode_get_times_out_and_the_task_goes_on(local_run: dict) -> None:
+    assert local_run["timeout"] is True and local_run["after_timeout"] == 0.5
 
 
 def test_local_mode_refuses_a_target_no_class_fits(local_run: dict) -> None:
