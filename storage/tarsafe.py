@@ -15,6 +15,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -58,7 +59,8 @@ def _clean(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
     return info
 
 
-def _pack(src_dir: Path, out: BinaryIO, gzip: bool, max_bytes: int | None) -> int:
+def _pack(src_dir: Path, out: BinaryIO, gzip: bool, max_bytes: int | None,
+          extra: Sequence[tuple[str, Path]]) -> int:
     writer = _LimitedWriter(out, max_bytes)
     fileobj = cast(BinaryIO, writer)
     if gzip:
@@ -66,27 +68,35 @@ def _pack(src_dir: Path, out: BinaryIO, gzip: bool, max_bytes: int | None) -> in
     else:
         tar = tarfile.open(fileobj=fileobj, mode="w")
     with tar:
+        names = set()
         for entry in sorted(src_dir.iterdir()):
             tar.add(entry, arcname=entry.name, filter=_clean)
+            names.add(entry.name)
+        for arcname, path in extra:
+            if arcname.split("/")[0] not in names:       # the directory's own files win
+                tar.add(path, arcname=arcname, recursive=False, filter=_clean)
     return writer.count
 
 
 def pack_dir(
-    src_dir: Path, dest: Path | BinaryIO, *, gzip: bool = True, max_bytes: int | None = None
+    src_dir: Path, dest: Path | BinaryIO, *, gzip: bool = True, max_bytes: int | None = None,
+    extra: Sequence[tuple[str, Path]] = (),
 ) -> int:
     """Pack the contents of src_dir (names relative to it) into dest; return the archive size.
 
-    Raises PayloadTooLarge as soon as the archive grows past max_bytes; a file dest is removed.
+    `extra` adds single files as (name in the archive, path). Links are stored as links,
+    never followed. Raises PayloadTooLarge as soon as the archive grows past max_bytes; a
+    file dest is removed.
     """
     src_dir = Path(src_dir)
     if not src_dir.is_dir():
         raise NotADirectoryError(f"{src_dir} is not a directory")
     if not isinstance(dest, str | os.PathLike):
-        return _pack(src_dir, dest, gzip, max_bytes)
+        return _pack(src_dir, dest, gzip, max_bytes, extra)
     path = Path(dest)
     try:
         with open(path, "wb") as out:
-            return _pack(src_dir, out, gzip, max_bytes)
+            return _pack(src_dir, out, gzip, max_bytes, extra)
     except BaseException:
         path.unlink(missing_ok=True)
         raise

@@ -66,7 +66,7 @@ def _release_fork_server() -> None:
             os.close(fd)
         except OSError:
             pass
-        server._forkserver_alive_fd = None
+        setattr(server, "_forkserver_alive_fd", None)  # noqa: B010 - a private attribute
 
 
 def _apply_limits(spec: ChildSpec) -> None:

@@ -11,6 +11,7 @@ ever loaded in the child: the supervisor moves its bytes and never unpickles the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -33,6 +34,7 @@ from storage import keys
 from tasks import defaults as d
 from tasks import metrics
 from tasks.child import ChildSpec
+from tasks.isolation import open_job_file
 from tasks.supervisor import _THREAD_ENV, Supervisor, clean_env
 
 KIND = "hybrid"
@@ -202,17 +204,18 @@ class HybridSupervisor(Supervisor):
         super().finish(status, error)
 
     def _store_return_value(self) -> None:
-        if not self.return_path.exists():
+        returned = open_job_file(self.return_path)     # never through a link the job made
+        if returned is None:
             return
-        size = self.return_path.stat().st_size
-        if size > d.MAX_RESULT_BYTES:
-            raise PayloadTooLarge(f"the return value takes {size} bytes, more than "
-                                  f"{d.MAX_RESULT_BYTES}; write large outputs to files in the "
-                                  "results directory (they come back in model.tar.gz)")
-        if self.job.get("result_format") == "pickle":
-            self.store.put_file(keys.job_pickled_result(self.prefix), self.return_path)
-        else:
-            self.store.put_file(keys.job_result(self.prefix), self.return_path)
+        with returned:
+            size = os.fstat(returned.fileno()).st_size
+            if size > d.MAX_RESULT_BYTES:
+                raise PayloadTooLarge(f"the return value takes {size} bytes, more than "
+                                      f"{d.MAX_RESULT_BYTES}; write large outputs to files in "
+                                      "the results directory (they come back in model.tar.gz)")
+            pickled = self.job.get("result_format") == "pickle"
+            key = keys.job_pickled_result(self.prefix) if pickled else keys.job_result(self.prefix)
+            self.store.put_stream(key, returned)
         self.registry.set_fields(self.job_id, has_result=True)
 
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 import ctypes
 import os
 import pwd
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
@@ -81,6 +83,22 @@ def drop_capabilities() -> None:
     data = (ctypes.c_uint32 * 6)()              # effective, permitted, inheritable: all empty
     if libc.capset(header, data) != 0:
         raise OSError(ctypes.get_errno(), "capset failed: user code would keep root's powers")
+
+
+def open_job_file(path: Path) -> BinaryIO | None:
+    """Open a file user code wrote, for reading by the service, or None if it is not there.
+
+    User code owns the job's directory: a link there must not make the service read a file
+    of its own choosing, so links are refused and only a regular file is read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except (FileNotFoundError, OSError):
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
 
 
 def private_dir(path: Path) -> Path:

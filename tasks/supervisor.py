@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.context import ForkServerContext
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from qhybrid.errors import InvalidInput, PayloadTooLarge
 from storage import keys
@@ -30,7 +30,7 @@ from tasks import files, quantum_tasks
 from tasks.channel import ChannelServer
 from tasks.child import ChildSpec
 from tasks.distributed import JobTasks
-from tasks.isolation import hand_over, job_account
+from tasks.isolation import hand_over, job_account, open_job_file
 from tasks.registry import Registry
 from tasks.resources import ResourceClass
 from tasks.settings import SECRET_ENV_PREFIXES, Settings
@@ -117,6 +117,7 @@ class Supervisor:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._result_saved = False
         self._source_snapshot: dict[str, tuple[int, int]] = {}
+        self._log: BinaryIO | None = None
 
     # --- operations the child may call -----------------------------------------------------
     def op_update_status(self, status: str) -> bool:
@@ -194,7 +195,8 @@ class Supervisor:
         """Start the child and follow it to its end: (final status, error message)."""
         from tasks import child
 
-        self.log_path.touch()
+        # Read through a handle opened now: the job's account owns the directory from here on.
+        self._log = open(self.log_path, "a+b")  # noqa: SIM115 - closed in finish()
         account = job_account()
         if account is not None:
             hand_over(account, self.job_dir, self._socket_dir)
@@ -236,8 +238,10 @@ class Supervisor:
             return outcome
         if proc.exitcode == 0:
             return d.DONE, ""
-        if self.error_path.exists():
-            return d.ERROR, self.error_path.read_text(encoding="utf-8", errors="replace")
+        error_file = open_job_file(self.error_path)
+        if error_file is not None:
+            with error_file:
+                return d.ERROR, error_file.read(1024**2).decode("utf-8", errors="replace")
         code = proc.exitcode or 0
         if code < 0:
             name = signal.Signals(-code).name
@@ -247,12 +251,9 @@ class Supervisor:
 
     def pump_log(self) -> None:
         """Append what the child wrote since the last call to the live log."""
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(self._log_pos)
-                chunk = fh.read(4 * 1024**2)
-        except FileNotFoundError:
+        if self._log is None:
             return
+        chunk = os.pread(self._log.fileno(), 4 * 1024**2, self._log_pos)
         if not chunk:
             return
         self._log_pos += len(chunk)
@@ -274,16 +275,20 @@ class Supervisor:
         if status == INTERRUPTED:
             status = d.ERROR
         try:
-            if self.log_path.exists():
-                self.store.put_file(keys.job_logs(self.prefix), self.log_path)
-            self.collect_outputs()
-            if self.results_dir.exists():
-                archive = self.job_dir / "model.tar.gz"
-                pack_dir(self.results_dir, archive)
-                self.store.put_file(keys.job_model(self.prefix), archive)
+            if self._log is not None:
+                self._log.seek(0)
+                self.store.put_stream(keys.job_logs(self.prefix), self._log)
+            if self.results_dir.is_dir() and not self.results_dir.is_symlink():
+                # built in a private file, never in the directory the job's account owns
+                with tempfile.TemporaryFile() as archive:
+                    pack_dir(self.results_dir, archive, extra=self.changed_sources())
+                    archive.seek(0)
+                    self.store.put_stream(keys.job_model(self.prefix), archive)
         except Exception as exc:
             if status == d.DONE:
                 status, error = d.ERROR, f"storing the job's outputs failed: {exc}"
+        if self._log is not None:
+            self._log.close()
         fields: dict[str, Any] = {"ended": time.time(), "error": error[-20000:] if error else ""}
         moved = self.registry.transition(self.job_id, status,
                                          allowed=[d.INITIALIZING, d.RUNNING, d.CANCELING],
@@ -304,18 +309,13 @@ class Supervisor:
             self.registry.append_log(self.job_id, f"\n[qhybrid: stopping the job's tasks "
                                      f"failed: {exc}]\n")
 
-    def collect_outputs(self) -> None:
-        """Files the job wrote in its working directory join the results (model.tar.gz)."""
+    def changed_sources(self) -> list[tuple[str, Path]]:
+        """Files the job wrote or changed in its working directory: they join model.tar.gz."""
         src = self.job_dir / "src"
-        if not src.is_dir() or not self.results_dir.is_dir():
-            return
-        for rel, stamp in _snapshot(src).items():
-            if self._source_snapshot.get(rel) == stamp:
-                continue
-            target = self.results_dir / rel
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(src / rel, target)
+        if not src.is_dir() or src.is_symlink():
+            return []
+        return [(rel, src / rel) for rel, stamp in _snapshot(src).items()
+                if self._source_snapshot.get(rel) != stamp]
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:

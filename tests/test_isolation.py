@@ -120,3 +120,37 @@ def test_user_code_as_another_account_cannot_read_the_data(isolated_service: Run
     assert all(seen["refused"].values()), seen["refused"]
     assert "NOAUTH" in seen["redis"]
     assert seen["home_writable"]
+
+
+LINKS = r'''
+import os
+results = os.environ["QHYBRID_RESULTS_DIR"]
+job_dir = os.path.dirname(results)
+target = "{secret}"
+os.symlink(target, os.path.join(results, "secret-link"))
+print("before the swap", flush=True)
+os.unlink(os.path.join(job_dir, "output.log"))
+os.symlink(target, os.path.join(job_dir, "output.log"))
+os.symlink(target, os.path.join(job_dir, "error.txt"))
+raise SystemExit(3)
+'''
+
+
+def test_the_supervisor_never_follows_links_the_job_made(service: RunningService,
+                                                         tmp_path: Path) -> None:
+    # given a file the job points links at, in place of its log, its error file and a result
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET")
+    client = service.client()
+    client.upload(Program(title="links", entrypoint="main.py", working_dir=write_program(
+        tmp_path / "src", LINKS.replace("{secret}", str(secret)))))
+    job = client.run("links")
+    job.wait(timeout=60)
+    # then the supervisor read what the job wrote, not what the links point at
+    assert job.status() == "ERROR"
+    assert "TOPSECRET" not in job.error_message() and "code 3" in job.error_message()
+    assert "before the swap" in job.logs() and "TOPSECRET" not in job.logs()
+    job.download_result(tmp_path / "model.tar.gz")
+    with tarfile.open(tmp_path / "model.tar.gz") as tar:
+        member = tar.getmember("secret-link")
+        assert member.issym() and member.linkname == str(secret)
