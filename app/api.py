@@ -7,12 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, redirect, request, send_file
+from flask import Blueprint, Response, current_app, g, jsonify, request, send_file
 
 from app import jobs
 from app.auth import services, token_required
-from qhybrid.errors import InvalidInput, NotFound
-from storage import keys
+from app.params import float_arg, int_arg, json_body
+from qhybrid.errors import InvalidInput
 from tasks import defaults as d
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -20,41 +20,6 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 def celery() -> Any:
     return current_app.extensions["qhybrid.celery"]
-
-
-def _json_body() -> Any:
-    if not request.is_json:
-        raise InvalidInput("send a JSON body with Content-Type: application/json", field="body")
-    body = request.get_json(silent=True)
-    if body is None:
-        raise InvalidInput("the body is not valid JSON", field="body")
-    return body
-
-
-def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput(f"{name} must be a whole number", field=name) from None
-    if not lo <= value <= hi:
-        raise InvalidInput(f"{name} must be from {lo} to {hi}", field=name)
-    return value
-
-
-def _float_arg(name: str, default: float, lo: float, hi: float) -> float:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidInput(f"{name} must be a number of seconds", field=name) from None
-    if not lo <= value <= hi:
-        raise InvalidInput(f"{name} must be from {lo:g} to {hi:g}", field=name)
-    return value
 
 
 @bp.get("/openapi.json")
@@ -100,7 +65,7 @@ def get_program(title: str) -> Response:
 @bp.post("/programs/<title>/run")
 @token_required
 def run_program(title: str) -> tuple[Response, int]:
-    job = jobs.run_program(services(), celery(), g.user, title, _json_body())
+    job = jobs.run_program(services(), celery(), g.user, title, json_body())
     return jsonify(jobs.job_json(services(), job)), 201
 
 
@@ -114,8 +79,8 @@ def list_jobs() -> Response:
                            "(or RUNNING: <sub-status>)", field="status")
     created_after = request.args.get("created_after")
     after = jobs.parse_time(created_after, "created_after") if created_after else None
-    limit = _int_arg("limit", 50, 1, 1000)
-    offset = _int_arg("offset", 0, 0, 10**9)
+    limit = int_arg("limit", 50, 1, 1000)
+    offset = int_arg("offset", 0, 0, 10**9)
     page, total = services().registry.list_jobs(
         g.user, status=status, program=request.args.get("program") or None,
         created_after=after, limit=limit, offset=offset, kind=request.args.get("kind") or None)
@@ -135,7 +100,7 @@ def get_job(job_id: str) -> Response:
 @token_required
 def wait_job(job_id: str) -> Response:
     """Long-poll: answers when the job ends or after `timeout` seconds, whichever is first."""
-    timeout = _float_arg("timeout", 30.0, 0.0, d.LONG_POLL_MAX_S)
+    timeout = float_arg("timeout", 30.0, 0.0, d.LONG_POLL_MAX_S)
     svc = services()
     job = svc.registry.wait_for(job_id, g.user, timeout)
     return jsonify(jobs.job_json(svc, job))
@@ -145,7 +110,7 @@ def wait_job(job_id: str) -> Response:
 @token_required
 def job_result(job_id: str) -> Response:
     """200 with the result once DONE; 202 while it runs (after waiting up to `wait` s)."""
-    wait = _float_arg("wait", 0.0, 0.0, d.LONG_POLL_MAX_S)
+    wait = float_arg("wait", 0.0, 0.0, d.LONG_POLL_MAX_S)
     svc = services()
     job = svc.registry.wait_for(job_id, g.user, wait) if wait else svc.registry.get_job(job_id, g.user)
     if job["status"] not in d.TERMINAL_STATUSES:
@@ -161,8 +126,8 @@ def job_result(job_id: str) -> Response:
 @token_required
 def job_logs(job_id: str) -> Response:
     """Log text from byte `offset`; with `wait`, blocks until there is more or the job ends."""
-    offset = _int_arg("offset", 0, 0, 2**62)
-    wait = _float_arg("wait", 0.0, 0.0, d.LONG_POLL_MAX_S)
+    offset = int_arg("offset", 0, 0, 2**62)
+    wait = float_arg("wait", 0.0, 0.0, d.LONG_POLL_MAX_S)
     svc = services()
     job = svc.registry.get_job(job_id, g.user)
     text, next_offset = jobs.read_logs(svc, job, offset)
@@ -195,12 +160,4 @@ def cancel_job(job_id: str) -> Response:
 def job_model(job_id: str) -> Any:
     """The job's results directory as model.tar.gz."""
     svc = services()
-    job = svc.registry.get_job(job_id, g.user)
-    key = keys.job_model(job["prefix"])
-    if not svc.store.exists(key):
-        raise NotFound(f"job {job_id} has no model.tar.gz yet ({job['status']})")
-    url = svc.store.presigned_url(key)
-    if url:
-        return redirect(url, code=302)
-    return send_file(svc.store.open(key), mimetype="application/gzip", as_attachment=True,
-                     download_name=f"{job.get('job_name') or job_id}-model.tar.gz")
+    return jobs.model_response(svc, svc.registry.get_job(job_id, g.user))

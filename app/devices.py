@@ -12,10 +12,10 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from app.api import _float_arg, _int_arg, _json_body
 from app.auth import services, token_required
 from app.health import workers_by_queue
 from app.jobs import iso
+from app.params import float_arg, int_arg, json_body
 from backends.registry import describe
 from qhybrid.errors import InvalidInput, PayloadTooLarge
 from tasks import defaults as d
@@ -76,7 +76,7 @@ def submit_task() -> tuple[Response, int]:
     if (request.content_length or 0) > d.MAX_QTASK_CIRCUITS_BYTES + 1024**2:
         raise PayloadTooLarge(f"circuits are larger than {d.MAX_QTASK_CIRCUITS_BYTES} bytes",
                               field="circuits")
-    body = _json_body()
+    body = json_body()
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", field="body")
     unknown = set(body) - {"device", "circuits", "options"}
@@ -93,8 +93,8 @@ def submit_task() -> tuple[Response, int]:
 @bp.get("/quantum-tasks")
 @token_required
 def list_tasks() -> Response:
-    limit = _int_arg("limit", 50, 1, 1000)
-    offset = _int_arg("offset", 0, 0, 10**9)
+    limit = int_arg("limit", 50, 1, 1000)
+    offset = int_arg("offset", 0, 0, 10**9)
     page, total = _tasks().for_user(g.user, limit, offset)
     return jsonify({"quantum_tasks": [task_json(rec) for rec in page], "total": total,
                     "limit": limit, "offset": offset})
@@ -113,7 +113,7 @@ def task_result(task_id: str) -> Response:
 
     A task that failed before simulating answers its error; a canceled one 409.
     """
-    wait = _float_arg("wait", 0.0, 0.0, d.LONG_POLL_MAX_S)
+    wait = float_arg("wait", 0.0, 0.0, d.LONG_POLL_MAX_S)
     tasks = _tasks()
     rec = tasks.wait_for(task_id, g.user, wait)
     text = tasks.result_text(services().store, rec)

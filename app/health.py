@@ -9,7 +9,8 @@ from flask import Blueprint, Response, jsonify
 
 from app.auth import services
 from tasks import defaults as d
-from tasks.queues import jobs_queue
+from tasks.devices import device_registry
+from tasks.queues import device_queue, jobs_queue, tasks_queue
 
 bp = Blueprint("health", __name__)
 
@@ -44,8 +45,9 @@ def healthz() -> tuple[Response, int]:
     queues: dict[str, Any] = {}
     if body["redis"] == "ok":
         live = workers_by_queue(svc.registry.r)
-        for name in svc.classes:
-            q = jobs_queue(name)
+        expected = [q for name in svc.classes for q in (jobs_queue(name), tasks_queue(name))]
+        expected += [device_queue(name) for name in device_registry(svc.settings).names()]
+        for q in expected:
             queues[q] = live.get(q, [])
         for q, names in live.items():
             queues.setdefault(q, names)

@@ -285,3 +285,17 @@ def _whole_utf8(raw: bytes) -> bytes:
         except UnicodeDecodeError:
             continue
     return raw
+
+
+def model_response(svc: Services, job: dict[str, Any]) -> Any:
+    """The job's model.tar.gz: a redirect to a presigned URL on S3, else streamed."""
+    from flask import redirect, send_file
+
+    key = keys.job_model(job["prefix"])
+    if not svc.store.exists(key):
+        raise NotFound(f"job {job['id']} has no model.tar.gz yet ({job['status']})")
+    url = svc.store.presigned_url(key)
+    if url:
+        return redirect(url, code=302)
+    return send_file(svc.store.open(key), mimetype="application/gzip", as_attachment=True,
+                     download_name=f"{job.get('job_name') or job['id']}-model.tar.gz")

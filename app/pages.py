@@ -23,7 +23,6 @@ from flask import (
     redirect,
     render_template,
     request,
-    send_file,
     session,
     url_for,
 )
@@ -33,7 +32,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from app import jobs
 from app.auth import log_in, services, session_user
 from qhybrid import codec
-from qhybrid.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, QhybridError
+from qhybrid.errors import Conflict, InvalidInput, PayloadTooLarge, QhybridError
 from storage import keys
 from tasks import defaults as d
 from tasks.registry import display_status
@@ -236,15 +235,7 @@ def cancel(job_id: str) -> ResponseReturnValue:
 def model(job_id: str) -> Any:
     """The job's results directory, like the API's /jobs/<id>/model."""
     svc = services()
-    rec = svc.registry.get_job(job_id, g.user)
-    key = keys.job_model(rec["prefix"])
-    if not svc.store.exists(key):
-        raise NotFound(f"job {job_id} has no model.tar.gz yet ({rec['status']})")
-    url = svc.store.presigned_url(key)
-    if url:
-        return redirect(url, code=302)
-    return send_file(svc.store.open(key), mimetype="application/gzip", as_attachment=True,
-                     download_name=f"{rec.get('job_name') or job_id}-model.tar.gz")
+    return jobs.model_response(svc, svc.registry.get_job(job_id, g.user))
 
 
 @bp.get("/jobs/<job_id>/result.json")

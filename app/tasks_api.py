@@ -12,6 +12,7 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from app.auth import services, token_required
 from app.jobs import iso
+from app.params import int_arg
 from qhybrid.errors import InvalidInput, NotFound
 from tasks import defaults as d
 from tasks.distributed import (
@@ -28,19 +29,6 @@ from tasks.usage import usage_json
 
 bp = Blueprint("tasks_api", __name__, url_prefix="/api/v1")
 PAGE_TASKS_LISTED = 200
-
-
-def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput(f"{name} must be a whole number", field=name) from None
-    if not lo <= value <= hi:
-        raise InvalidInput(f"{name} must be from {lo} to {hi}", field=name)
-    return value
 
 
 def task_fields(svc: Services, job: dict[str, Any], out: dict[str, Any],
@@ -79,8 +67,8 @@ def job_tasks(job_id: str) -> Response:
     status = request.args.get("status") or None
     if status is not None and status not in d.TASK_STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(d.TASK_STATUSES)}", field="status")
-    limit = _int_arg("limit", 100, 1, 10000)
-    offset = _int_arg("offset", 0, 0, 10**9)
+    limit = int_arg("limit", 100, 1, 10000)
+    offset = int_arg("offset", 0, 0, 10**9)
     return jsonify(tasks_body(svc, job_id, status, offset, limit))
 
 

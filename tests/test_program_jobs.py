@@ -312,8 +312,11 @@ def test_single_py_upload_and_list_filters(service: RunningService, tmp_path: Pa
 def test_healthz_reports_parts_and_queues(service: RunningService) -> None:
     body = requests.get(f"{service.url}/healthz", timeout=10).json()
     assert body["redis"] == "ok" and body["storage"] == "ok"
-    assert body["queues"]["jobs.small"] and body["queues"]["jobs.medium"]
-    assert "jobs.large" in body["queues_without_worker"]
+    for queue in ("jobs.small", "jobs.medium", "tasks.small", "tasks.medium",
+                  "device.aer_simulator", "device.generic_heavy_hex_27"):
+        assert body["queues"][queue], queue
+    assert {"jobs.large", "tasks.large"} <= set(body["queues_without_worker"])
+    assert not body["ok"]           # the test service leaves large and gpu without workers
 
 
 def _user_of(client: Client, service: RunningService) -> str:
