@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -181,4 +182,6 @@ def write_program(directory: Path, source: str, name: str = "main.py") -> Path:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["qhybrid", *args], capture_output=True, text=True, env=env, timeout=60)
+    # the installed `qhybrid` script, through this interpreter (its bin/ need not be on PATH)
+    return subprocess.run([sys.executable, "-m", "qhybrid.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=60)

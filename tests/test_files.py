@@ -13,6 +13,7 @@ import re
 import socket
 import struct
 import subprocess
+import sys
 import tarfile
 import time
 import zipfile
@@ -619,7 +620,8 @@ def test_pages_need_a_login(service: RunningService) -> None:
 
 
 def test_cli_is_documented_in_help() -> None:
-    out = subprocess.run(["qhybrid", "files", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "qhybrid.cli", "files", "--help"],
+                         capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0
     for cmd in ("list", "upload", "download", "delete"):
