@@ -7,9 +7,8 @@ why this one view checks its CSRF token itself, from the form field that precede
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 from flask import (
     Blueprint,
@@ -26,14 +25,14 @@ from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import NEED_DATA, Data, Epilogue, Field, File, MultipartDecoder
 from wtforms.validators import ValidationError
 
-from app.auth import services, session_user
+from app.auth import services
 from app.files import data_files, drain, file_response
 from app.jobs import iso
+from app.pages import login_required
 from qhybrid.errors import InvalidInput, QhybridError
 from tasks.files import CHUNK, UploadInterrupted
 
 bp = Blueprint("file_pages", __name__)
-F = TypeVar("F", bound=Callable[..., Any])
 MAX_FIELD_BYTES = 4096          # csrf_token and function; the file is the only big part
 
 
@@ -42,18 +41,6 @@ def init_app(app: Flask) -> None:
     csrf = app.extensions.get("csrf")
     if csrf is not None:
         csrf.exempt(upload)
-
-
-def _login_required(view: F) -> F:
-    @functools.wraps(view)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        user = session_user()
-        if not user:
-            return redirect(url_for("pages.login", next=request.full_path.rstrip("?")))
-        g.user = user
-        return view(*args, **kwargs)
-
-    return wrapped  # type: ignore[return-value]
 
 
 def _check_csrf(token: str | None) -> None:
@@ -76,13 +63,13 @@ def _page(function: str | None, error: QhybridError | None = None) -> str:
 
 
 @bp.get("/files")
-@_login_required
+@login_required
 def index() -> str:
     return _page(request.args.get("function") or None)
 
 
 @bp.post("/files")
-@_login_required
+@login_required
 def upload() -> Any:
     """Stream the form's file into the store; csrf_token and function come before the file."""
     function = request.args.get("function") or None
@@ -173,7 +160,7 @@ class _PartReader:
 
 
 @bp.get("/files/<name>")
-@_login_required
+@login_required
 def download(name: str) -> Any:
     try:
         return file_response(data_files(), g.user, name, request.args.get("function") or None)
@@ -182,7 +169,7 @@ def download(name: str) -> Any:
 
 
 @bp.post("/files/<name>/delete")
-@_login_required
+@login_required
 def delete(name: str) -> Any:
     _check_csrf(request.form.get("csrf_token"))
     function = request.form.get("function") or None

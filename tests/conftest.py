@@ -185,3 +185,39 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     # the installed `qhybrid` script, through this interpreter (its bin/ need not be on PATH)
     return subprocess.run([sys.executable, "-m", "qhybrid.cli", *args], capture_output=True,
                           text=True, env=env, timeout=60)
+
+
+def _nobody_can_run_python() -> bool:
+    try:
+        done = subprocess.run([sys.executable, "-c", "import pkgutil, qhybrid"], user="nobody",
+                              capture_output=True, timeout=60, cwd="/")
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def isolated_service(redis_server: str) -> Iterator[RunningService]:
+    """Workers as root, user code as `nobody` (QHYBRID_JOB_USER), the data directory private."""
+    import shutil
+    import tempfile
+
+    from app.service import prepare_dirs
+    from tasks.settings import Settings
+
+    if os.geteuid() != 0:
+        pytest.skip("running user code as another account needs the workers to run as root")
+    if not _nobody_can_run_python():
+        pytest.skip(f"the account 'nobody' cannot run {sys.executable} here (Python is "
+                    "installed where only root can read it)")
+    top = Path(tempfile.mkdtemp(prefix="qh-iso-"))
+    top.chmod(0o711)
+    (top / "data").mkdir()
+    env = {"QHYBRID_DATA_DIR": str(top / "data"), "QHYBRID_JOB_USER": "nobody",
+           "QHYBRID_WORK_DIR": str(top / "work")}
+    prepare_dirs(Settings.from_env(env), env)
+    running = start_service(top, redis_server, "file", None, db=3, extra_env=env,
+                            classes=["small"])
+    yield running
+    running.service.stop()
+    shutil.rmtree(top, ignore_errors=True)

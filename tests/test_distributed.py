@@ -7,8 +7,6 @@ the task records in Redis and the processes on this machine (the workers' side).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -518,38 +516,6 @@ out = get([probe(big, get_arguments()["private"]), outer(get_arguments()["privat
 save_result([{k: v for k, v in o.items() if k != "echo"} | {"echo": len(o["echo"])}
              for o in out] + [os.getuid()])
 """
-
-
-@pytest.fixture(scope="module")
-def isolated_service(redis_server: str) -> Any:
-    """Workers as root, user code as `nobody` (tasks.isolation), as a root install runs."""
-    import shutil
-    import tempfile
-
-    from app.service import prepare_dirs
-    from tasks.settings import Settings
-    from tests.conftest import start_service
-
-    if os.geteuid() != 0:
-        pytest.skip("running user code as another account needs the workers to run as root")
-    try:
-        ok = subprocess.run([sys.executable, "-c", "import pkgutil, qhybrid"], user="nobody",
-                            capture_output=True, timeout=60, cwd="/").returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        ok = False
-    if not ok:
-        pytest.skip(f"the account 'nobody' cannot run {sys.executable} here")
-    top = Path(tempfile.mkdtemp(prefix="qh-iso-tasks-"))
-    top.chmod(0o711)
-    (top / "data").mkdir()
-    env = {"QHYBRID_DATA_DIR": str(top / "data"), "QHYBRID_JOB_USER": "nobody",
-           "QHYBRID_WORK_DIR": str(top / "work")}
-    prepare_dirs(Settings.from_env(env), env)
-    running = start_service(top, redis_server, "file", None, db=4, extra_env=env,
-                            classes=["small"])
-    yield running
-    running.service.stop()
-    shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.mark.parametrize("where", ["service", "isolated_service"])

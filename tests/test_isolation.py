@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import tarfile
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-import pytest
-
 from qhybrid import Program
-from tests.conftest import RunningService, start_service, write_program
+from tests.conftest import RunningService, write_program
 
 PROBE = r'''
 import glob, os, socket
@@ -76,40 +68,6 @@ def test_user_code_cannot_read_the_services_environment(service: RunningService,
     assert seen["readable"] > 0
     assert seen["leaks"] == []
     assert "NOAUTH" in seen["redis"]                # and Redis wants the password it lacks
-
-
-def _nobody_can_run_python() -> bool:
-    try:
-        done = subprocess.run([sys.executable, "-c", "import pkgutil, qhybrid"], user="nobody",
-                              capture_output=True, timeout=60, cwd="/")
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
-
-
-@pytest.fixture(scope="module")
-def isolated_service(redis_server: str) -> Iterator[RunningService]:
-    """User code as `nobody` (QHYBRID_JOB_USER), the data directory private."""
-    if os.geteuid() != 0:
-        pytest.skip("running user code as another account needs the workers to run as root")
-    if not _nobody_can_run_python():
-        pytest.skip(f"the account 'nobody' cannot run {sys.executable} here (Python is "
-                    "installed where only root can read it)")
-    top = Path(tempfile.mkdtemp(prefix="qh-iso-"))
-    top.chmod(0o711)
-    data = top / "data"
-    data.mkdir()
-    from app.service import prepare_dirs
-    from tasks.settings import Settings
-
-    env = {"QHYBRID_DATA_DIR": str(data), "QHYBRID_JOB_USER": "nobody",
-           "QHYBRID_WORK_DIR": str(top / "work")}
-    prepare_dirs(Settings.from_env(env), env)
-    running = start_service(top, redis_server, "file", None, db=3, extra_env=env,
-                            classes=["small"])
-    yield running
-    running.service.stop()
-    shutil.rmtree(top, ignore_errors=True)
 
 
 def test_user_code_as_another_account_cannot_read_the_data(isolated_service: RunningService,
