@@ -117,6 +117,7 @@ class Service:
     env: dict[str, str]
     classes: list[str]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    argv: dict[str, list[str]] = field(default_factory=dict)
     log_dir: Path | None = None
 
     @property
@@ -130,6 +131,19 @@ class Service:
             out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child
         self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True, preexec_fn=_die_with_parent)
+        self.argv[name] = argv
+
+    def respawn_exited(self, log: Any = print) -> list[str]:
+        """Start again any process that exited: a crashed worker's jobs are run again by the
+        reaper of the workers still up, and new jobs need a worker."""
+        restarted = []
+        for name, proc in list(self.procs.items()):
+            if proc.poll() is not None:
+                where = f" (see {self.log_dir}/{name}.log)" if self.log_dir else ""
+                log(f"{name} exited ({proc.returncode}); starting it again{where}")
+                self._spawn(name, self.argv[name])
+                restarted.append(name)
+        return restarted
 
     def start_web(self) -> None:
         self._spawn("web", web_command(self.host, self.port))
@@ -311,11 +325,13 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
         log(f"  workers: {', '.join(jobs_queue(c) for c in service.classes)}, "
             f"{', '.join(tasks_queue(c) for c in service.classes)}, device.*"
             "   Ctrl-C stops it")
+        restarts: list[float] = []
         while not stopping:
-            for name, proc in list(service.procs.items()):
-                if proc.poll() is not None:
-                    log(f"{name} exited ({proc.returncode}); stopping")
-                    stopping = True
+            restarts += [time.monotonic() for _ in service.respawn_exited(log)]
+            restarts = [t for t in restarts if time.monotonic() - t < 60]
+            if len(restarts) > 10:
+                log("processes keep exiting (more than 10 restarts in a minute); stopping")
+                stopping = True
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass

@@ -68,6 +68,11 @@ def test_up_serves_stops_and_restarts_with_everything_kept(tmp_path: Path) -> No
         assert made.returncode == 0, made.stderr
         bob = Client(url=client.url, token=made.stdout.strip())
         assert bob.jobs() == []
+        # a worker that crashes is started again, and jobs keep running
+        worker = next(p for p in psutil.Process(up.pid).children(recursive=True)
+                      if "jobs.small" in " ".join(p.cmdline()))
+        worker.kill()
+        assert program.run().result(timeout=90) == {"kept": [1, 2]}
         # a job still running when the service stops runs again after the restart
         counter = tmp_path / "attempts"
         slow = client.upload(Program(title="slow", entrypoint="main.py", working_dir=write_program(
