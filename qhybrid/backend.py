@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 from qiskit.circuit import (
     BreakLoopOp,
     ContinueLoopOp,
@@ -33,6 +31,7 @@ from qiskit.transpiler import Target
 
 from qhybrid.codec import decode, encode_circuits
 from qhybrid.errors import Conflict, InvalidInput, QhybridError, TaskFailed
+from qhybrid.run_options import RUN_OPTIONS, validate_run_options
 
 __all__ = [
     "RUN_OPTIONS",
@@ -49,7 +48,6 @@ __all__ = [
 
 #: Options `QhybridBackend.run` accepts, with their defaults. BackendSamplerV2 passes
 #: shots, memory=True and seed_simulator; BackendEstimatorV2 passes shots and seed_simulator.
-RUN_OPTIONS: dict[str, Any] = {"shots": 1024, "memory": False, "seed_simulator": None}
 
 #: Control-flow operations by name; aer devices with `control_flow` support all of them.
 _CONTROL_FLOW = {
@@ -175,34 +173,6 @@ def failure_message(data: Mapping[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # options
-
-
-def validate_run_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Check run options and return them as plain JSON values (numpy ints become ints)."""
-    unknown = sorted(set(options) - set(RUN_OPTIONS))
-    if unknown:
-        raise InvalidInput(
-            f"unknown run options {', '.join(unknown)}; supported: {', '.join(RUN_OPTIONS)}",
-            field="options",
-        )
-    out = {**RUN_OPTIONS, **options}
-    shots = out["shots"]
-    if isinstance(shots, bool) or not isinstance(shots, numbers.Integral) or shots < 1:
-        raise InvalidInput(f"shots must be a positive integer, got {shots!r}", field="shots")
-    out["shots"] = int(shots)
-    memory = out["memory"]
-    if not isinstance(memory, bool | np.bool_):
-        raise InvalidInput(f"memory must be true or false, got {memory!r}", field="memory")
-    out["memory"] = bool(memory)
-    seed = out["seed_simulator"]
-    if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise InvalidInput(
-                f"seed_simulator must be a non-negative integer or None, got {seed!r}",
-                field="seed_simulator",
-            )
-        out["seed_simulator"] = int(seed)
-    return out
 
 
 def _unsupported(target: Target, circuit: QuantumCircuit,

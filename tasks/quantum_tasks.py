@@ -72,8 +72,8 @@ return 1
 _FLOATS = {"created", "started", "ended", "updated"}
 _INTS = {"num_circuits", "num_qubits", "shots", "payload_bytes", "result_bytes"}
 
-# qiskit's compiled extension has crashed a worker when several channel threads decoded and
-# checked circuits at once (a segfault in _accelerate); one at a time per process.
+# One circuit check at a time per process: qiskit's compiled extension is not relied on to be
+# safe under this process's concurrent request threads.
 _QISKIT = threading.Lock()
 
 
@@ -281,14 +281,17 @@ def check_payload(circuits: Any) -> str:
 
 
 def submit(r: Any, store: ObjectStore, celery: Celery, settings: Settings, *, user: str,
-           device: Any, circuits: Any, options: Any, job_id: str | None = None) -> dict[str, Any]:
+           device: Any, circuits: Any, options: Any, job_id: str | None = None,
+           check_circuits_here: bool = True) -> dict[str, Any]:
     """Check a quantum task completely, record it QUEUED and send it to its device queue.
+
+    `check_circuits_here=False` leaves decoding and checking the circuits to the device worker
+    (which refuses bad ones with the reason): job workers load no qiskit at all.
 
     Tasks of the job that holds the device are sent with the higher priority.
     """
-    from backends import MAX_SHOTS, check_circuits
-    from qhybrid.backend import validate_run_options
-    from qhybrid.codec import decode_circuits
+    from backends.registry import MAX_SHOTS
+    from qhybrid.run_options import validate_run_options
     from tasks.devices import device_spec
     from tasks.reservations import holder
 
@@ -301,9 +304,13 @@ def submit(r: Any, store: ObjectStore, celery: Celery, settings: Settings, *, us
     run_options = validate_run_options(options)
     if run_options["shots"] > MAX_SHOTS:
         raise InvalidInput(f"shots must be at most {MAX_SHOTS}", field="shots")
-    with _QISKIT:
-        batch = decode_circuits(payload)
-        check_circuits(spec, batch)
+    if check_circuits_here:
+        from backends.execute import check_circuits  # qiskit: only where circuits are checked
+        from qhybrid.codec import decode_circuits
+
+        with _QISKIT:
+            batch = decode_circuits(payload)
+            check_circuits(spec, batch)
 
     priority = PRIORITY if job_id and holder(r, spec.name) == job_id else NORMAL
     task_id = uuid.uuid4().hex
@@ -312,7 +319,9 @@ def submit(r: Any, store: ObjectStore, celery: Celery, settings: Settings, *, us
     record = {"id": task_id, "user": user, "device": spec.name, "job_id": job_id or "",
               "status": d.QUEUED, "priority": priority, "created": created, "updated": created,
               "options": run_options, "shots": run_options["shots"],
-              "num_circuits": len(batch), "num_qubits": max(c.num_qubits for c in batch),
+              # known here only when the circuits were decoded (null from inside a job)
+              "num_circuits": len(batch) if check_circuits_here else None,
+              "num_qubits": max(c.num_qubits for c in batch) if check_circuits_here else None,
               "payload_bytes": len(payload), "circuits_in": "redis" if inline else "storage"}
     if not inline:
         store.put_bytes(keys.quantum_task_circuits(user, task_id), payload.encode())
@@ -363,8 +372,12 @@ def channel_ops(sup: Supervisor) -> dict[str, Callable[..., Any]]:
     def qtask_submit(device: str, circuits: str, options: dict[str, Any]) -> str:
         from tasks.celery_app import app as celery
 
+        # user code's QhybridBackend.run() already checked the circuits against the device's
+        # Target, and the device worker checks them again: the job worker does not load qiskit
+        # (its compiled extension has crashed a long-running worker process)
         rec = submit(sup.registry.r, sup.store, celery, sup.settings, user=user, device=device,
-                     circuits=circuits, options=options, job_id=job_id)
+                     circuits=circuits, options=options, job_id=job_id,
+                     check_circuits_here=False)
         return str(rec["id"])
 
     def qtask_status(task_id: str) -> str:

@@ -332,3 +332,23 @@ def test_canceling_a_waiting_job_or_the_holder_moves_the_line(client: Client,
     last.wait(timeout=60)
     assert holder.status() == "CANCELED" and last.status() == "DONE"
     assert skipped.raw["started"] is None
+
+
+def test_job_workers_load_no_qiskit_when_jobs_use_devices(service: RunningService,
+                                                          tmp_path: Path) -> None:
+    # qiskit's compiled extension crashed a long-running job worker once; the job workers
+    # leave circuits to user code and device workers, and never load it
+    client = service.client()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "main.py").write_text(
+        "from qhybrid import get_backend, save_result\n"
+        "from qiskit import QuantumCircuit, transpile\n"
+        "b = get_backend('aer_simulator')\n"
+        "qc = QuantumCircuit(2); qc.h(0); qc.cx(0, 1); qc.measure_all()\n"
+        "save_result(dict(b.run(transpile(qc, b), shots=64).result().get_counts()))\n")
+    counts = client.upload(Program(title="bell", entrypoint="main.py", working_dir=src)).run()
+    assert set(counts.result(timeout=120)) <= {"00", "11"}
+    for name in ("worker-small", "worker-medium"):
+        maps = Path(f"/proc/{service.service.procs[name].pid}/maps").read_text()
+        assert "_accelerate" not in maps, f"{name} loaded qiskit"
