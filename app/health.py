@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
 from app.auth import services
-from tasks import defaults as d
 from tasks.devices import device_registry
 from tasks.queues import device_queue, jobs_queue, tasks_queue
+from tasks.registry import Registry
 
 bp = Blueprint("health", __name__)
 
 
 def workers_by_queue(r: Any) -> dict[str, list[str]]:
-    """Live workers (from their presence keys) grouped by the queues they consume."""
-    out: dict[str, list[str]] = {}
-    keys = list(r.scan_iter(match=d.WORKER_KEY.format(name="*"), count=500))
-    for raw in r.mget(keys) if keys else []:
-        if not raw:
-            continue
-        info = json.loads(raw)
-        for q in info.get("queues", []):
-            out.setdefault(q, []).append(info["name"])
-    return out
+    """Live workers grouped by the queues they consume (see Registry.workers_by_queue)."""
+    return Registry(r).workers_by_queue()
 
 
 @bp.get("/healthz")

@@ -18,6 +18,7 @@ USER_JOBS_KEY = KEY_PREFIX + "jobs:{user}"             # sorted set: job id -> c
 JOB_NAME_KEY = KEY_PREFIX + "jobname:{user}:{name}"    # string: job id of the newest job with that name
 ACTIVE_JOBS_KEY = KEY_PREFIX + "active"                # set of job ids in INITIALIZING/RUNNING/CANCELING
 REAPER_LOCK_KEY = KEY_PREFIX + "lock:reaper"
+SENT_JOBS_KEY = KEY_PREFIX + "sent"                    # sorted set: job id -> when its message went out
 
 # --- Statuses ---------------------------------------------------------------------------
 QUEUED = "QUEUED"
@@ -47,6 +48,10 @@ LONG_POLL_MAX_S = 60.0                      # the longest a single wait request 
 HEARTBEAT_INTERVAL_S = 1.0                  # a supervisor refreshes its job's heartbeat this often
 HEARTBEAT_TTL_S = 10                        # a job whose heartbeat is older than this lost its worker
 REAPER_INTERVAL_S = 2.0                     # how often a worker looks for jobs that lost theirs
+# Celery's Redis transport pops a message before it records it as unacked: a worker that dies
+# in between takes the message with it. A job still QUEUED this long after its message went
+# out, with its queue empty, its message not unacked and a worker on the queue, is sent again.
+LOST_MESSAGE_AFTER_S = 10.0
 SUPERVISOR_TICK_S = 0.05                    # log tailing, cancel and run-time checks
 LOG_EXPIRY_S = 7 * 24 * 3600                # live log kept in Redis after the job ends (storage keeps it)
 # Celery's Redis transport redelivers an unacked message after visibility_timeout. It must

@@ -23,6 +23,7 @@ from tasks.distributed import stop_job_tasks
 from tasks.hybrid import supervisor_class
 from tasks.isolation import make_undumpable
 from tasks.queues import RUN_JOB_TASK, jobs_queue
+from tasks.registry import Registry
 from tasks.reservations import repair as repair_reservations
 from tasks.services import Services, from_env
 from tasks.supervisor import warm_parent, worker_name
@@ -32,9 +33,46 @@ _slot = itertools.count()
 _stop = threading.Event()
 
 
-def enqueue_job(celery: Celery, job_id: str, attempt: int, resource_class: str) -> None:
-    """Send the one message that starts a job: its id and attempt, nothing else."""
+def enqueue_job(celery: Celery, registry: Registry, job_id: str, attempt: int,
+                resource_class: str) -> None:
+    """Send the one message that starts a job: its id and attempt, nothing else.
+
+    The job is noted as sent, so that a message lost with a dying worker is sent again.
+    """
+    registry.r.zadd(d.SENT_JOBS_KEY, {job_id: time.time()})
     celery.send_task(RUN_JOB_TASK, args=[job_id, attempt], queue=jobs_queue(resource_class))
+
+
+def resend_lost_messages(services: Services, celery: Celery) -> list[str]:
+    """Jobs whose message vanished (popped by a worker that died): send it again.
+
+    A second message is harmless: only the first to claim the job (QUEUED, same attempt) runs.
+    """
+    reg = services.registry
+    stale = reg.r.zrangebyscore(d.SENT_JOBS_KEY, "-inf", time.time() - d.LOST_MESSAGE_AFTER_S)
+    if not stale:
+        return []
+    live = reg.workers_by_queue()
+    unacked = "".join(str(v) for v in reg.r.hvals("unacked"))   # kombu's in-flight messages
+    resent = []
+    for job_id in stale:
+        try:
+            job = reg.get_job(job_id)
+        except Exception:
+            reg.r.zrem(d.SENT_JOBS_KEY, job_id)
+            continue
+        queue = job.get("queue") or ""
+        if job["status"] != d.QUEUED:
+            reg.r.zrem(d.SENT_JOBS_KEY, job_id)
+        elif live.get(queue) and job_id not in unacked and not _queued_messages(reg.r, queue):
+            enqueue_job(celery, reg, job_id, int(job.get("attempt") or 1), job["resource_class"])
+            resent.append(job_id)
+    return resent
+
+
+def _queued_messages(r: Any, queue: str) -> int:
+    """Messages waiting in a queue, over every priority list the Redis transport keeps."""
+    return sum(r.llen(name) for name in [queue] + [f"{queue}\x06\x16{p}" for p in (3, 6, 9)])
 
 
 def _cpus_for(threads: int) -> list[int]:
@@ -79,7 +117,7 @@ def requeue_job(services: Services, celery: Celery, job_id: str, reason: str) ->
     elif attempt < d.MAX_ATTEMPTS:
         if reg.transition(job_id, d.QUEUED, allowed=list(d.ACTIVE_STATUSES),
                           attempt=attempt + 1, detail=f"{reason}; running the job again"):
-            enqueue_job(celery, job_id, attempt + 1, job["resource_class"])
+            enqueue_job(celery, reg, job_id, attempt + 1, job["resource_class"])
     else:
         reg.transition(job_id, d.ERROR, allowed=list(d.ACTIVE_STATUSES), ended=time.time(),
                        error=f"{reason} ({attempt} times); the job was not run again",
@@ -116,6 +154,7 @@ def _housekeeping(celery: Celery, queues: list[str]) -> None:
             services.registry.r.set(d.WORKER_KEY.format(name=name), info, ex=d.WORKER_TTL_S)
             if services.registry.lock(d.REAPER_LOCK_KEY, d.REAPER_INTERVAL_S * 0.9):
                 reap_lost_jobs(services, celery)
+                resend_lost_messages(services, celery)
                 repair_reservations(services, celery)
         except Exception:
             log.exception("housekeeping failed")

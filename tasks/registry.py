@@ -22,7 +22,7 @@ from qhybrid.errors import Conflict, InvalidInput, NotFound
 from tasks import defaults as d
 
 _TRANSITION = """
--- KEYS: job, events, active, heartbeat ; ARGV: to, allowed(csv or ''), event json, now,
+-- KEYS: job, events, active, heartbeat, sent ; ARGV: to, allowed(csv or ''), event json, now,
 --        require_field, require_value, then field/value pairs
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return -1 end
@@ -40,6 +40,9 @@ if ARGV[1] == 'INITIALIZING' or ARGV[1] == 'RUNNING' or ARGV[1] == 'CANCELING' t
 else
   redis.call('SREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
   redis.call('DEL', KEYS[4])
+end
+if ARGV[1] ~= 'QUEUED' then
+  redis.call('ZREM', KEYS[5], redis.call('HGET', KEYS[1], 'id'))
 end
 return 1
 """
@@ -179,7 +182,7 @@ class Registry:
         for k, v in _flat(fields).items():
             args += [k, v]
         keys = [d.JOB_KEY.format(job_id=job_id), d.JOB_EVENTS_KEY.format(job_id=job_id),
-                d.ACTIVE_JOBS_KEY, d.JOB_HEARTBEAT_KEY.format(job_id=job_id)]
+                d.ACTIVE_JOBS_KEY, d.JOB_HEARTBEAT_KEY.format(job_id=job_id), d.SENT_JOBS_KEY]
         moved = self._transition(keys=keys, args=args)
         if moved == -1:
             raise NotFound(f"no job {job_id!r}")
@@ -279,6 +282,18 @@ class Registry:
                 if job["status"] in until or remaining <= 0:
                     return job
                 pubsub.get_message(timeout=min(remaining, 5.0))
+
+    def workers_by_queue(self) -> dict[str, list[str]]:
+        """Live workers (from their presence keys) grouped by the queues they consume."""
+        out: dict[str, list[str]] = {}
+        keys = list(self.r.scan_iter(match=d.WORKER_KEY.format(name="*"), count=500))
+        for raw in self.r.mget(keys) if keys else []:
+            if not raw:
+                continue
+            info = json.loads(raw)
+            for q in info.get("queues", []):
+                out.setdefault(q, []).append(info["name"])
+        return out
 
     def lock(self, key: str, ttl_s: float) -> bool:
         return bool(self.r.set(key, "1", nx=True, px=int(ttl_s * 1000)))

@@ -118,7 +118,8 @@ def dispatch(registry: Registry, job_id: str, celery: Celery | None = None) -> b
     job = registry.get_job(job_id)
     if job["status"] != d.QUEUED:
         return False
-    enqueue_job(celery or _celery(), job_id, int(job.get("attempt") or 1), job["resource_class"])
+    enqueue_job(celery or _celery(), registry, job_id, int(job.get("attempt") or 1),
+                job["resource_class"])
     registry.set_fields(job_id, dispatched=time.time())
     return True
 
@@ -128,7 +129,8 @@ def start_job(registry: Registry, celery: Celery, job: dict[str, Any], hold: boo
     if not hold:
         from tasks.jobs import enqueue_job
 
-        enqueue_job(celery, job["id"], int(job.get("attempt") or 1), job["resource_class"])
+        enqueue_job(celery, registry, job["id"], int(job.get("attempt") or 1),
+                    job["resource_class"])
         return
     granted = reserve(registry.r, job["device"], job["id"])
     if granted:
