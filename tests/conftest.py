@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,6 +174,18 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):  # typ
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def bell(measure: bool = True) -> Any:
+    """A Bell-state circuit, measured unless asked not to."""
+    from qiskit import QuantumCircuit
+
+    qc = QuantumCircuit(2, name="bell")
+    qc.h(0)
+    qc.cx(0, 1)
+    if measure:
+        qc.measure_all()
+    return qc
 
 
 def write_program(directory: Path, source: str, name: str = "main.py") -> Path:

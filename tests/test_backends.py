@@ -35,6 +35,7 @@ from backends.registry import eagle_127_edges, falcon_27_edges, heavy_hex_edges
 from qhybrid.backend import QhybridBackend, QhybridJob, Transport, target_from_description
 from qhybrid.codec import encode_circuits
 from qhybrid.errors import Conflict, InvalidInput, NotFound, QhybridError, TaskFailed
+from tests.conftest import bell
 
 GIB = 1024**3
 
@@ -91,15 +92,6 @@ def backend_for(name: str, transport: InProcessTransport) -> QhybridBackend:
     # The description travels as JSON, as it would from the HTTP API.
     desc = json.loads(json.dumps(describe(transport.registry.get(name))))
     return QhybridBackend(desc, transport)
-
-
-def bell(measure: bool = True) -> QuantumCircuit:
-    qc = QuantumCircuit(2, name="bell")
-    qc.h(0)
-    qc.cx(0, 1)
-    if measure:
-        qc.measure_all()
-    return qc
 
 
 def undirected(edges: Any) -> set[tuple[int, int]]:

@@ -23,19 +23,10 @@ from qhybrid.backend import QhybridBackend
 from qhybrid.codec import encode_circuits
 from qhybrid.errors import Conflict, InvalidInput, NotFound
 from tasks.quantum_tasks import QuantumTasks
-from tests.conftest import RunningService, wait_until, write_program
+from tests.conftest import RunningService, bell, wait_until, write_program
 
 HELD = "generic_heavy_hex_27"       # not shared: a job naming it holds it
 SHARED = "aer_simulator"
-
-
-def bell(measure: bool = True) -> QuantumCircuit:
-    qc = QuantumCircuit(2, name="bell")
-    qc.h(0)
-    qc.cx(0, 1)
-    if measure:
-        qc.measure_all()
-    return qc
 
 
 def run(client: Client, tmp_path: Path, source: str, device: str | None = None,

@@ -15,7 +15,7 @@ from qiskit.quantum_info import SparsePauliOp
 
 from qhybrid import Client, JobFailed, Program
 from qhybrid.errors import Conflict, InvalidInput, NoResourceClass, NotFound, Unauthorized
-from tests.conftest import RunningService, wait_until, write_program
+from tests.conftest import RunningService, bell, wait_until, write_program
 
 STAGES = """
 import time
@@ -34,14 +34,6 @@ open("note.txt", "w").write("written by the job")
 save_result({"isa": isa, "vector": args["vector"] * 2, "phase": args["phase"] * 1j,
              "op": args["op"], "n": len(args["vector"])})
 """
-
-
-def bell() -> QuantumCircuit:
-    qc = QuantumCircuit(2)
-    qc.h(0)
-    qc.cx(0, 1)
-    qc.measure_all()
-    return qc
 
 
 def test_user_flow_every_status_typed_result_and_model(any_service: RunningService,
