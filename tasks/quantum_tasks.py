@@ -35,6 +35,7 @@ from storage import keys
 from storage.store import ObjectStore
 from tasks import defaults as d
 from tasks.queues import HOLDER_PRIORITY, RUN_QUANTUM_TASK, STANDALONE_PRIORITY, device_queue
+from tasks.registry import flat_record, unflat_record
 from tasks.settings import Settings
 
 if TYPE_CHECKING:
@@ -82,29 +83,7 @@ def _is_id(task_id: str) -> bool:
 
 
 def _unflat(rec: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in rec.items():
-        if value.startswith("json:"):
-            out[key] = json.loads(value[5:])
-        elif key in _FLOATS:
-            out[key] = float(value) if value else None
-        elif key in _INTS:
-            out[key] = int(value) if value else None
-        else:
-            out[key] = value if value != "" else None
-    return out
-
-
-def _flat(fields: dict[str, Any]) -> dict[str, str]:
-    out = {}
-    for key, value in fields.items():
-        if value is None:
-            out[key] = ""
-        elif isinstance(value, dict | list):
-            out[key] = "json:" + json.dumps(value)
-        else:
-            out[key] = str(value)
-    return out
+    return unflat_record(rec, _FLOATS, _INTS)
 
 
 class QuantumTasks:
@@ -147,7 +126,7 @@ class QuantumTasks:
                  d.DEVICE_QUEUED_KEY.format(device=device, priority=NORMAL),
                  d.RUNNING_QTASKS_KEY, d.DEVICE_RUNS_KEY.format(device=device)]
         args: list[Any] = [to, ",".join(allowed), time.time(), d.DEVICE_RUNS_KEPT]
-        for key, value in _flat(fields).items():
+        for key, value in flat_record(fields).items():
             args += [key, value]
         moved = self._transition(keys=keys_, args=args)
         if moved == -1:
@@ -326,7 +305,7 @@ def submit(r: Any, store: ObjectStore, celery: Celery, settings: Settings, *, us
     if not inline:
         store.put_bytes(keys.quantum_task_circuits(user, task_id), payload.encode())
     pipe = r.pipeline()
-    pipe.hset(d.QTASK_KEY.format(task_id=task_id), mapping=_flat(record))
+    pipe.hset(d.QTASK_KEY.format(task_id=task_id), mapping=flat_record(record))
     if inline:
         pipe.set(d.QTASK_CIRCUITS_KEY.format(task_id=task_id), payload)
     pipe.zadd(d.USER_QTASKS_KEY.format(user=user), {task_id: created})

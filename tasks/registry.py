@@ -107,7 +107,7 @@ class Registry:
         title = record["title"]
         pipe = self.r.pipeline()
         pipe.delete(d.PROGRAM_KEY.format(user=user, title=title))
-        pipe.hset(d.PROGRAM_KEY.format(user=user, title=title), mapping=_flat(record))
+        pipe.hset(d.PROGRAM_KEY.format(user=user, title=title), mapping=flat_record(record))
         pipe.zadd(d.PROGRAMS_KEY.format(user=user), {title: record["created"]})
         pipe.execute()
 
@@ -115,14 +115,14 @@ class Registry:
         rec = self.r.hgetall(d.PROGRAM_KEY.format(user=user, title=title))
         if not rec:
             raise NotFound(f"no program {title!r}")
-        return _unflat(rec)
+        return unflat_record(rec)
 
     def list_programs(self, user: str) -> list[dict[str, Any]]:
         titles = self.r.zrange(d.PROGRAMS_KEY.format(user=user), 0, -1)
         pipe = self.r.pipeline()
         for t in titles:
             pipe.hgetall(d.PROGRAM_KEY.format(user=user, title=t))
-        return [_unflat(rec) for rec in pipe.execute() if rec]
+        return [unflat_record(rec) for rec in pipe.execute() if rec]
 
     # --- jobs -----------------------------------------------------------------------------
     @staticmethod
@@ -136,7 +136,7 @@ class Registry:
         record.setdefault("status", d.QUEUED)
         record.setdefault("attempt", 1)
         pipe = self.r.pipeline()
-        pipe.hset(d.JOB_KEY.format(job_id=job_id), mapping=_flat(record))
+        pipe.hset(d.JOB_KEY.format(job_id=job_id), mapping=flat_record(record))
         pipe.rpush(d.JOB_EVENTS_KEY.format(job_id=job_id),
                    json.dumps({"status": d.QUEUED, "at": created}))
         pipe.zadd(d.USER_JOBS_KEY.format(user=record["user"]), {job_id: created})
@@ -150,14 +150,14 @@ class Registry:
         rec = self.r.hgetall(d.JOB_KEY.format(job_id=job_id)) if _is_id(job_id) else {}
         if not rec or (user is not None and rec.get("user") != user):
             raise NotFound(f"no job {job_id!r}")
-        return _unflat(rec)
+        return unflat_record(rec)
 
     def job_field(self, job_id: str, field: str) -> str | None:
         value = self.r.hget(d.JOB_KEY.format(job_id=job_id), field)
         return str(value) if value is not None else None
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
-        self.r.hset(d.JOB_KEY.format(job_id=job_id), mapping=_flat(fields))
+        self.r.hset(d.JOB_KEY.format(job_id=job_id), mapping=flat_record(fields))
 
     def job_id_for_name(self, user: str, name: str) -> str | None:
         value = self.r.get(d.JOB_NAME_KEY.format(user=user, name=name))
@@ -179,7 +179,7 @@ class Registry:
         fields["sub_status"] = sub_status or ""
         args: list[Any] = [to, ",".join(allowed), json.dumps(event), at,
                            require[0] if require else "", require[1] if require else ""]
-        for k, v in _flat(fields).items():
+        for k, v in flat_record(fields).items():
             args += [k, v]
         keys = [d.JOB_KEY.format(job_id=job_id), d.JOB_EVENTS_KEY.format(job_id=job_id),
                 d.ACTIVE_JOBS_KEY, d.JOB_HEARTBEAT_KEY.format(job_id=job_id), d.SENT_JOBS_KEY]
@@ -229,7 +229,7 @@ class Registry:
                 pipe.hgetall(d.JOB_KEY.format(job_id=job_id))
             for rec in pipe.execute():
                 if rec:
-                    yield _unflat(rec)
+                    yield unflat_record(rec)
 
     def active_jobs(self) -> list[str]:
         return list(self.r.smembers(d.ACTIVE_JOBS_KEY))
@@ -303,7 +303,8 @@ def _is_id(job_id: str) -> bool:
     return 0 < len(job_id) <= 64 and job_id.isalnum()
 
 
-def _flat(record: dict[str, Any]) -> dict[str, str]:
+def flat_record(record: dict[str, Any]) -> dict[str, str]:
+    """A record as Redis hash fields: None as "", lists and dicts as "json:..."."""
     out = {}
     for k, v in record.items():
         if v is None:
@@ -321,14 +322,17 @@ _FLOATS = {"created", "started", "ended", "updated"}
 _INTS = {"attempt", "max_runtime", "size"}
 
 
-def _unflat(rec: dict[str, str]) -> dict[str, Any]:
+def unflat_record(rec: dict[str, str], floats: Iterable[str] = _FLOATS,
+                  ints: Iterable[str] = _INTS) -> dict[str, Any]:
+    """The inverse of flat_record; `floats` and `ints` name the numeric fields."""
+    floats, ints = set(floats), set(ints)
     out: dict[str, Any] = {}
     for k, v in rec.items():
         if v.startswith("json:"):
             out[k] = json.loads(v[5:])
-        elif k in _FLOATS:
+        elif k in floats:
             out[k] = float(v) if v else None
-        elif k in _INTS:
+        elif k in ints:
             out[k] = int(v) if v else None
         else:
             out[k] = v if v != "" else None
