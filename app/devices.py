@@ -13,7 +13,6 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from app.auth import services, token_required
-from app.health import workers_by_queue
 from app.jobs import iso
 from app.params import float_arg, int_arg, json_body
 from backends.registry import describe
@@ -58,7 +57,7 @@ def _device_json(name: str, live: dict[str, list[str]]) -> dict[str, Any]:
 @bp.get("/devices")
 @token_required
 def list_devices() -> Response:
-    live = workers_by_queue(services().registry.r)
+    live = services().registry.workers_by_queue()
     names = device_registry(services().settings).names()
     return jsonify({"devices": [_device_json(name, live) for name in names]})
 
@@ -66,7 +65,7 @@ def list_devices() -> Response:
 @bp.get("/devices/<name>")
 @token_required
 def get_device(name: str) -> Response:
-    return jsonify(_device_json(name, workers_by_queue(services().registry.r)))
+    return jsonify(_device_json(name, services().registry.workers_by_queue()))
 
 
 # --- quantum tasks ------------------------------------------------------------------------

@@ -9,14 +9,8 @@ from flask import Blueprint, Response, jsonify
 from app.auth import services
 from tasks.devices import device_registry
 from tasks.queues import device_queue, jobs_queue, tasks_queue
-from tasks.registry import Registry
 
 bp = Blueprint("health", __name__)
-
-
-def workers_by_queue(r: Any) -> dict[str, list[str]]:
-    """Live workers grouped by the queues they consume (see Registry.workers_by_queue)."""
-    return Registry(r).workers_by_queue()
 
 
 @bp.get("/healthz")
@@ -35,7 +29,7 @@ def healthz() -> tuple[Response, int]:
         body["storage"] = f"unreachable: {exc}"
     queues: dict[str, Any] = {}
     if body["redis"] == "ok":
-        live = workers_by_queue(svc.registry.r)
+        live = svc.registry.workers_by_queue()
         expected = [q for name in svc.classes for q in (jobs_queue(name), tasks_queue(name))]
         expected += [device_queue(name) for name in device_registry(svc.settings).names()]
         for q in expected:

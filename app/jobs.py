@@ -217,9 +217,7 @@ def job_json(svc: Services, job: dict[str, Any], *, events: bool = True) -> dict
     if events:
         out["events"] = [{**e, "at": iso(e["at"])} for e in svc.registry.events(job["id"])]
     if job["status"] == d.QUEUED:
-        from app.health import workers_by_queue
-
-        if not workers_by_queue(svc.registry.r).get(job.get("queue") or ""):
+        if not svc.registry.workers_by_queue().get(job.get("queue") or ""):
             out["waiting_for"] = f"no worker consumes {job.get('queue')}"
     # Jobs ahead of this one in its device's line (1: next); null when not waiting for one.
     out["queue_position"] = queue_position(svc.registry.r, job)
