@@ -304,10 +304,16 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
 
     def _stop(*_: object) -> None:
         nonlocal stopping
-        stopping = True
+        if not stopping:            # once stopping, a second signal lets the stop finish
+            stopping = True
+            raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _stop)
     service = Service(host=host, port=port, env=env, classes=[], log_dir=settings.data_dir / "logs")
+    # Both installed explicitly: a process started with SIGINT ignored (nohup, `cmd &` in a
+    # script, a Procfile runner) gets no KeyboardInterrupt from Python, and would keep running.
+    # A signal during start-up interrupts it too. The processes started below begin with the
+    # default dispositions (exec resets handled signals), not with an inherited SIG_IGN.
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         if not env.get("QHYBRID_REDIS_URL"):
             redis_proc, env["QHYBRID_REDIS_URL"] = start_redis(settings.data_dir)
@@ -336,6 +342,7 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
     except KeyboardInterrupt:
         pass
     finally:
+        stopping = True             # nothing interrupts the stop itself
         log("stopping ...")
         service.stop()
         if redis_proc is not None:
@@ -348,4 +355,6 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
                 redis_proc.wait(10)
             except subprocess.TimeoutExpired:
                 redis_proc.kill()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         log("stopped")

@@ -24,6 +24,8 @@ from typing import Any
 
 import cloudpickle
 
+from qhybrid._source import SourcePickler
+
 LOCAL_WORKER_ENV = "QHYBRID_LOCAL_WORKER"    # set in local-pool processes: nested calls run inline
 TASK_ID_ENV = "QHYBRID_TASK_ID"              # the task running now, for user code that asks
 ERROR_LINES = 40                             # remote traceback lines sent back
@@ -33,8 +35,9 @@ _LEN = struct.Struct("!Q")
 
 
 # --- pickling: cloudpickle, with plain circuits as QPY -----------------------------------
-class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, except that a QuantumCircuit of standard instructions travels as QPY.
+class _Pickler(SourcePickler):
+    """cloudpickle (code with its source), except that a QuantumCircuit of standard
+    instructions travels as QPY.
 
     Pickling a transpiled 127-qubit circuit instruction by instruction takes ~10x longer
     than QPY both ways, and results and arguments of transpilation tasks are mostly that.

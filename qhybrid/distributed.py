@@ -7,7 +7,8 @@ made in quick succession travel as one batch and become one Celery group. Outsid
 errors and results.
 
 Functions and arguments are pickled with cloudpickle, by value for code defined in the
-entrypoint script (closures and lambdas included). A function is pickled once, at its first
+entrypoint script (closures and lambdas included), their code with its file name and source
+text (`qhybrid._source`). A function is pickled once, at its first
 call in a process, like Ray's remote functions: later changes to the globals it reads are
 not seen by its tasks.
 """

@@ -134,6 +134,8 @@ def serialize(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, A
     pickled by value so that the workers need not be able to import them."""
     import cloudpickle
 
+    from qhybrid import _source
+
     if include_modules is None:
         wanted: list[str | ModuleType] = []
     elif isinstance(include_modules, str | ModuleType):
@@ -158,7 +160,9 @@ def serialize(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, A
                 cloudpickle.register_pickle_by_value(module)
                 registered.add(module.__name__)
                 added.append(module)
-        return cloudpickle.dumps((fn, args, kwargs), protocol=pickle.DEFAULT_PROTOCOL)
+        # the code travels with its file names and source text: tracebacks and
+        # inspect.getsource() in the job show the user's own lines
+        return _source.dumps((fn, args, kwargs), protocol=pickle.DEFAULT_PROTOCOL)
     finally:
         for module in added:
             cloudpickle.unregister_pickle_by_value(module)

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPT = """
-import json, os
+import inspect, json, os
 import time
 from qhybrid import TaskFailed, Timeout, distribute_task, get, map_reduce, put, wait
 from qhybrid.errors import NoResourceClass
@@ -41,6 +41,10 @@ def nap(seconds):
     time.sleep(seconds)
     return seconds
 
+@distribute_task
+def source_of(task):
+    return inspect.getsource(task)
+
 out = {}
 refs = [add(i) for i in range(50)]
 out["ordered"] = get(refs) == [i + 10 for i in range(50)]
@@ -58,6 +62,7 @@ out["map_reduce"] = map_reduce(lambda x: x * 2, range(200), reduce=sum)
 out["map_only"] = map_reduce(lambda x: -x, range(3))
 out["processes"] = len(set(get([pid(i) for i in range(16)])))
 out["parent"] = os.getpid() not in get([pid(0)])
+out["source"] = get(source_of(fail))
 slow = nap(0.5)
 try:
     get(slow, timeout=0.05)
@@ -93,6 +98,11 @@ def test_local_mode_raises_task_failed_with_the_remote_traceback(local_run: dict
     assert "KeyError: 'no 2'" in local_run["error"]
     assert 'script.py", line 15, in fail' in local_run["error"]
     assert local_run["remote_type"] == "KeyError"
+
+
+def test_local_mode_tasks_read_the_source_of_shipped_functions(local_run: dict) -> None:
+    assert local_run["source"] == ('@distribute_task(target="small")\n'
+                                   'def fail(x):\n    raise KeyError(f"no {x}")\n')
 
 
 def test_local_mode_nests_waits_and_map_reduces(local_run: dict) -> None:

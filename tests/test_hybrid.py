@@ -399,6 +399,44 @@ def test_a_failed_job_raises_its_error_and_keeps_its_outputs(client: Client,
     assert pickled.result(allow_pickle=True).n == 7
 
 
+CELL = """import inspect
+
+
+def check(x):
+    if x == 3:
+        raise ValueError(f"bad value {x}")
+    return x
+
+
+def run(x):
+    return check(x)
+
+
+def source_of_run():
+    return inspect.getsource(run)
+"""
+
+
+def test_a_notebook_cell_function_shows_its_lines_in_the_job(client: Client,
+                                                            tmp_path: Path) -> None:
+    # given functions from code that is on no disk (a notebook cell: linecache holds its text)
+    from qhybrid._source import register_source
+
+    cell = str(tmp_path / "notebook" / "main.py")      # never created
+    register_source(cell, CELL)
+    namespace: dict[str, Any] = {"__name__": "qh_notebook_cell"}
+    exec(compile(CELL, cell, "exec"), namespace)
+    failing = hybrid_job(device=None, client=client)(namespace["run"])(3)
+    source = hybrid_job(device=None, client=client)(namespace["source_of_run"])()
+    # then the job's traceback shows the cell's file, line and source line
+    with pytest.raises(JobFailed, match="ValueError: bad value 3") as err:
+        failing.result(timeout=120)
+    assert f'File "{cell}", line 6, in check\n    raise ValueError(f"bad value {{x}}")' \
+        in str(err.value)
+    # and inspect.getsource() works on the shipped function inside the job
+    assert source.result(timeout=120) == "def run(x):\n    return check(x)\n"
+
+
 def test_dependencies_are_refused_when_the_server_does_not_install(client: Client,
                                                                    tmp_path: Path) -> None:
     requirements = tmp_path / "requirements.txt"
