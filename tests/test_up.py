@@ -49,6 +49,8 @@ def _stop(proc: subprocess.Popen[str]) -> list[int]:
 def test_up_serves_stops_and_restarts_with_everything_kept(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QHYBRID_", "AWS_"))}
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")      # where Client() looks
+    (tmp_path / "shared").mkdir()
+    env["QHYBRID_SANDBOX_BIND"] = str(tmp_path / "shared")  # the one place jobs write markers
     data_dir = tmp_path / "data"
     port = free_port()
 
@@ -74,7 +76,7 @@ def test_up_serves_stops_and_restarts_with_everything_kept(tmp_path: Path) -> No
         worker.kill()
         assert program.run().result(timeout=90) == {"kept": [1, 2]}
         # a job still running when the service stops runs again after the restart
-        counter = tmp_path / "attempts"
+        counter = tmp_path / "shared" / "attempts"
         slow = client.upload(Program(title="slow", entrypoint="main.py", working_dir=write_program(
             tmp_path / "slow", f"import time\nfrom qhybrid import save_result\n"
             f"with open({str(counter)!r}, 'a') as fh: fh.write('x')\n"
