@@ -7,8 +7,9 @@ import os
 import time
 from pathlib import Path
 
+from app.service import free_port
 from qhybrid import Client, Program
-from tests.conftest import RunningService, job_processes, wait_until, write_program
+from tests.conftest import RunningService, job_processes, run_cli, wait_until, write_program
 
 
 def _run(client: Client, tmp_path: Path, title: str, source: str, **args: object):  # type: ignore[no-untyped-def]
@@ -187,3 +188,18 @@ def test_many_trivial_jobs_from_many_threads_all_end_done(service: RunningServic
     failed = {i: reg.job_field(i, "error") for i in ids if reg.job_field(i, "status") != "DONE"}
     assert failed == {}
     print(f"{total} trivial jobs from 50 threads: {time.monotonic() - started:.0f} s")
+
+
+def test_up_refuses_a_host_that_cannot_sandbox(tmp_path: Path) -> None:
+    # given a host without bubblewrap (nothing on PATH)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QHYBRID_", "AWS_"))}
+    env.update(PATH=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / "config"))
+    args = ("up", "--port", str(free_port()), "--data-dir", str(tmp_path / "data"))
+    # then `qhybrid up` stops before starting anything, and names the way out
+    done = run_cli(*args, env=env)
+    assert done.returncode != 0
+    assert "bubblewrap" in done.stderr and "QHYBRID_SANDBOX=off" in done.stderr
+    assert not (tmp_path / "data" / "redis" / "url").exists()
+    # and a setting it does not understand is an error, not a guess
+    done = run_cli(*args, env={**env, "QHYBRID_SANDBOX": "maybe"})
+    assert done.returncode != 0 and "QHYBRID_SANDBOX='maybe'" in done.stderr
