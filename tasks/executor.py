@@ -51,7 +51,7 @@ class Executor:
     """One warm child process serving one job's tasks."""
 
     def __init__(self, job: dict[str, Any], rc: ResourceClass, src: Path, root: Path,
-                 op_names: tuple[str, ...]) -> None:
+                 op_names: tuple[str, ...], job_src: Path | None = None) -> None:
         self.job_id: str = job["id"]
         self.key = executor_key(job, rc)
         self.rc = rc
@@ -101,8 +101,11 @@ class Executor:
             spec.run_as = (account.uid, account.gid)
             spec.env["HOME"] = str(self.dir)
         try:
+            # the job's code also where the job's own process has it, so that tracebacks of
+            # functions it defined show their source lines
             self.box = Sandbox([self.dir, self._sock_dir, src], mem=rc.mem, cpu=rc.cpu,
-                               label=f"{self.job_id}-{self.dir.name}")
+                               label=f"{self.job_id}-{self.dir.name}",
+                               ro_at=[(src, job_src)] if job_src and job_src != src else [])
             warm_parent()
             self.proc = self.box.spawn(spec)
             self.sock = self._accept(listener)
@@ -230,7 +233,8 @@ class ExecutorPool:
                     return ex
                 ex.kill()
         src = self.source(job)
-        ex = Executor(job, rc, src, self.root, self.op_names)
+        job_src = self.settings.work_dir / f"{job['id']}-{job.get('attempt') or 1}" / "src"
+        ex = Executor(job, rc, src, self.root, self.op_names, job_src=job_src)
         with self._lock:
             self._busy.add(ex)
         self._trim()

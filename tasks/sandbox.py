@@ -168,7 +168,7 @@ def hidden_paths(env: Mapping[str, str] | None = None) -> list[str]:
 
 
 def bwrap_argv(rw: Iterable[Path], tmp_bytes: int, user_ns: bool,
-               hide: Iterable[str] = ()) -> list[str]:
+               hide: Iterable[str] = (), ro_at: Iterable[tuple[Path, Path]] = ()) -> list[str]:
     argv = [bwrap_binary(), "--die-with-parent", "--unshare-pid", "--unshare-ipc",
             "--unshare-uts", "--unshare-cgroup-try", "--hostname", "qhybrid-job"]
     if user_ns:
@@ -191,6 +191,8 @@ def bwrap_argv(rw: Iterable[Path], tmp_bytes: int, user_ns: bool,
             argv += ["--tmpfs", path]
     for rw_path in rw:
         argv += ["--bind", str(rw_path), str(rw_path)]
+    for source, dest in ro_at:
+        argv += ["--ro-bind", str(source), str(dest)]
     # the namespace lives as long as this shell waits on the pipe the supervisor holds
     return argv + ["--chdir", "/", "--", "/bin/sh", "-c", "echo ready; read x"]
 
@@ -327,13 +329,16 @@ class Sandbox:
     """
 
     def __init__(self, rw: list[Path], mem: int, cpu: float, pids: int = d.JOB_MAX_PIDS,
-                 disk: int = d.JOB_DISK_BYTES, on: bool | None = None, label: str = "") -> None:
+                 disk: int = d.JOB_DISK_BYTES, on: bool | None = None, label: str = "",
+                 ro_at: list[tuple[Path, Path]] | None = None) -> None:
         self.on = enabled() if on is None else on
         self.rw = rw
+        self.ro_at = ro_at or []    # (directory, where the sandbox sees it), read-only
         self.mem, self.pids, self.disk = mem, pids, disk
         self.cgroup: JobCgroup | None = None
         self.bwrap: subprocess.Popen[bytes] | None = None
         self._hold: int | None = None
+        self._info: int | None = None
         self.ns_pid = 0
         self.proc: JobProcess | None = None
         self._disk_checked = 0.0
@@ -348,12 +353,13 @@ class Sandbox:
             raise
 
     def _start_bwrap(self) -> None:
+        """Start bwrap; `_await_ready` waits for it (the supervisor fetches the job meanwhile)."""
         info_r, info_w = os.pipe()
         hold_r, hold_w = os.pipe()
-        self._hold = hold_w
+        self._hold, self._info = hold_w, info_r
         try:
             argv = bwrap_argv(self.rw + extra_binds(), self.mem, user_ns=os.geteuid() != 0,
-                              hide=hidden_paths())
+                              hide=hidden_paths(), ro_at=self.ro_at)
             argv[1:1] = ["--info-fd", str(info_w)]
             # bwrap and its shell are processes in the sandbox: they get no environment of ours
             self.bwrap = _popen(args=argv, stdin=hold_r, stdout=subprocess.PIPE,
@@ -362,25 +368,32 @@ class Sandbox:
         finally:
             os.close(info_w)
             os.close(hold_r)
+
+    def _await_ready(self) -> None:
+        if self.ns_pid or not self.on:
+            return
+        assert self.bwrap is not None and self.bwrap.stdout is not None
+        assert self.bwrap.stderr is not None and self._info is not None
         # bwrap writes its info in several writes: read it whole, and keep the pipe open
         # until the sandbox is up (a closed pipe would kill bwrap half-way with SIGPIPE)
         try:
             info = b""
             while b"}" not in info:
-                chunk = os.read(info_r, 65536)
+                chunk = os.read(self._info, 65536)
                 if not chunk:
                     break
                 info += chunk
-            assert self.bwrap.stdout is not None and self.bwrap.stderr is not None
             ready = self.bwrap.stdout.readline()
         finally:
-            os.close(info_r)
-        if ready.strip() != b"ready" or not info:
+            os.close(self._info)
+            self._info = None
+        if ready.strip() != b"ready" or b"}" not in info:
             err = self.bwrap.stderr.read(4000).decode(errors="replace").strip()
             raise SandboxUnavailable(f"bubblewrap could not make the sandbox: {err}" + _hint())
         self.ns_pid = int(json.loads(info[:info.index(b"}") + 1])["child-pid"])
 
     def spawn(self, spec: ChildSpec) -> JobProcess:
+        self._await_ready()
         if self.on:
             spec.mem_bytes = 0          # the cgroup limits the whole tree, not RLIMIT_DATA
             spec.env["TMPDIR"] = "/tmp"
@@ -418,6 +431,9 @@ class Sandbox:
         if self._hold is not None:
             os.close(self._hold)         # the namespace's shell ends: the kernel kills the rest
             self._hold = None
+        if self._info is not None:
+            os.close(self._info)
+            self._info = None
         if self.bwrap is not None and self.bwrap.poll() is None:
             self.bwrap.kill()
         if self.cgroup is not None:
@@ -490,7 +506,10 @@ def check_host(env: Mapping[str, str] | None = None) -> str:
     box_dir = Path(tempfile.mkdtemp(prefix="qh-check-"))
     try:
         box = Sandbox([box_dir], mem=64 * 1024**2, cpu=1, on=True)
-        box.close()
+        try:
+            box._await_ready()
+        finally:
+            box.close()
     finally:
         shutil.rmtree(box_dir, ignore_errors=True)
     return f"bubblewrap namespaces, cgroup v{tree.version}"

@@ -266,10 +266,12 @@ class Supervisor:
     def finish(self, status: str, error: str) -> None:
         """Store logs and outputs, then record the final status (in that order)."""
         if self.sandbox is not None:
-            self.sandbox.close()
+            self.sandbox.kill()     # already done when the job ran; its cgroup goes at the end
         self.end_tasks(status)
         if status == INTERRUPTED and self.requeue is not None:
             self.requeue(error)
+            if self.sandbox is not None:
+                self.sandbox.close()
             shutil.rmtree(self.job_dir, ignore_errors=True)
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             return
@@ -298,6 +300,8 @@ class Supervisor:
             # a cancel raced with the end: the cancel wins, as the user asked for it
             self.registry.transition(self.job_id, d.CANCELED, allowed=[d.CANCELING], **fields)
         self.registry.expire_log(self.job_id)
+        if self.sandbox is not None:
+            self.sandbox.close()
         shutil.rmtree(self.job_dir, ignore_errors=True)
         shutil.rmtree(self._socket_dir, ignore_errors=True)
 

@@ -264,8 +264,8 @@ piddir = get_arguments()["piddir"]
 
 @distribute_task(target="small")
 def sleeper(i):
-    with open(os.path.join(piddir, str(os.getpid())), "w") as fh:
-        fh.write(str(i))
+    with open(os.path.join(piddir, str(i)), "w") as fh:   # pids repeat: a namespace each
+        fh.write(str(os.getpid()))
     time.sleep(300)
 
 get([sleeper(i) for i in range(20)])
