@@ -275,6 +275,19 @@ def procfile(classes: list[str] | None = None) -> str:
     return header + "".join(f"{name}: {line(argv)}\n" for name, argv in entries.items())
 
 
+def check_sandbox(env: dict[str, str]) -> str:
+    """How user code will be sandboxed here; a clear error when it cannot be (never a
+    silent downgrade: QHYBRID_SANDBOX=off is the explicit way to run without)."""
+    from tasks import sandbox
+
+    try:
+        return sandbox.check_host(env)
+    except sandbox.SandboxUnavailable as exc:
+        raise SystemExit(f"qhybrid up: user code cannot be sandboxed on this host: {exc}") from None
+    finally:
+        sandbox.shutdown()
+
+
 def ensure_local_user(settings: Settings, url: str) -> str:
     """The local user's token: kept if still valid, else a new one, written for Client()."""
     reg = Registry(connect(settings.redis_url))
@@ -299,6 +312,7 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env["QHYBRID_DATA_DIR"] = str(settings.data_dir)
     prepare_dirs(settings, env)
+    sandboxing = check_sandbox(env)
     redis_proc = None
     stopping = False
 
@@ -328,6 +342,7 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
         log(f"qhybrid is up at {service.url}")
         log(f"  token of user '{LOCAL_USER}': {token}  (written to {config.config_path()})")
         log(f"  data: {settings.data_dir}   storage: {settings.storage_url}")
+        log(f"  user code: {sandboxing}")
         log(f"  workers: {', '.join(jobs_queue(c) for c in service.classes)}, "
             f"{', '.join(tasks_queue(c) for c in service.classes)}, device.*"
             "   Ctrl-C stops it")

@@ -1,7 +1,8 @@
 """What runs inside a job's child process: limits first, then the user's code.
 
-The child is forked from a warm parent that already imported qiskit, so a job does not pay
-for the import. Nothing here may touch Redis or storage: the child has no credentials.
+The child is forked from the warm zygote (tasks.zygote) that already imported qiskit, so a
+job does not pay for the import; it runs in the job's sandbox (tasks.sandbox). Nothing here
+may touch Redis or storage: the child has no credentials.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class ChildSpec:
     error_path: str
     sys_path: list[str] = field(default_factory=list)
     cpus: list[int] = field(default_factory=list)
-    mem_bytes: int = 0
+    mem_bytes: int = 0              # RLIMIT_DATA; 0 in a sandbox, whose cgroup limits the tree
+    file_bytes: int = 0             # RLIMIT_FSIZE: no file bigger than the job's disk quota
     tail_lines: int = 15
     # The account user code runs as (uid, gid), when the worker is root; see tasks.isolation.
     run_as: tuple[int, int] | None = None
@@ -42,31 +44,12 @@ class ChildSpec:
 
 
 def _die_with_parent() -> None:
-    """Be killed when the warm parent dies (it dies with the worker): no orphaned user code."""
+    """Be killed when the process that waits for it dies: no orphaned user code."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass
-
-
-def _release_fork_server() -> None:
-    """Close our copy of the fork server's liveness pipe.
-
-    multiprocessing hands every forked child the write end of the pipe whose EOF tells the
-    fork server that the worker died. While user code holds it, a killed worker's fork
-    server never exits, so the parent-death signal above never reaches the user code.
-    """
-    from multiprocessing import forkserver
-
-    server = forkserver._forkserver
-    fd = getattr(server, "_forkserver_alive_fd", None)
-    if fd is not None:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-        setattr(server, "_forkserver_alive_fd", None)  # noqa: B010 - a private attribute
 
 
 def _apply_limits(spec: ChildSpec) -> None:
@@ -79,6 +62,8 @@ def _apply_limits(spec: ChildSpec) -> None:
         # RLIMIT_DATA counts heap and private mappings (what user code allocates), not the
         # shared libraries inherited from the warm parent.
         resource.setrlimit(resource.RLIMIT_DATA, (spec.mem_bytes, spec.mem_bytes))
+    if spec.file_bytes:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (spec.file_bytes, spec.file_bytes))
 
 
 def _redirect_output(log_path: str) -> None:
@@ -116,7 +101,6 @@ def format_error(exc: BaseException, tail_lines: int) -> str:
 def main(spec: ChildSpec) -> None:
     os.setsid()                     # its own process group: a cancel kills it and all it started
     _die_with_parent()
-    _release_fork_server()
     os.environ.clear()
     os.environ.update(spec.env)
     _redirect_output(spec.log_path)
@@ -175,5 +159,10 @@ def _call(spec: ChildSpec) -> None:
 
 
 def _write(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
+    """Write the error file; never through a link the user code put in its place."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)

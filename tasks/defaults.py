@@ -142,3 +142,8 @@ EXECUTOR_START_TIMEOUT_S = 60.0
 # that the client, still sending, gets the error instead of a reset connection.
 FILES_DRAIN_MAX_BYTES = 256 * 1024**2
 FILES_DRAIN_MAX_S = 30.0
+
+# The job sandbox (tasks.sandbox): limits beside the resource class's memory and CPU.
+JOB_MAX_PIDS = 1024                         # processes and threads of one job or task executor
+JOB_DISK_BYTES = 10 * 1024**3               # what a job may write in its directory
+JOB_DISK_CHECK_S = 1.0                      # how often the job directory's size is checked

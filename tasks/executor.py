@@ -1,10 +1,11 @@
 """Warm executor processes on a task worker: each runs one job's tasks, one after another.
 
 Forking a child per task would cost more than a short task itself, so a worker keeps, per job
-and resource class, child processes forked once from the warm parent (qiskit loaded) with
-the class's limits and a scrubbed environment, in the job's working directory. The worker
+and resource class, child processes forked once from the zygote (qiskit loaded), each in its
+own sandbox (tasks.sandbox) with the class's limits and a scrubbed environment, in the job's
+working directory. The worker
 sends a task's pickled function and arguments over a Unix socket and reads back the pickled
-value; it never unpickles them. A cancel kills the executor's whole process group; an
+value; it never unpickles them. A cancel kills the executor's whole sandbox; an
 executor idle for a while, or whose job ended, is stopped.
 """
 
@@ -37,8 +38,9 @@ from tasks.channel import ChannelServer, Handler
 from tasks.child import ChildSpec
 from tasks.isolation import hand_over, job_account
 from tasks.resources import ResourceClass
+from tasks.sandbox import JobProcess, Sandbox
 from tasks.settings import Settings
-from tasks.supervisor import _THREAD_ENV, _kill_group, clean_env, warm_parent
+from tasks.supervisor import _THREAD_ENV, clean_env, warm_parent
 
 
 class ExecutorLost(Exception):
@@ -49,7 +51,7 @@ class Executor:
     """One warm child process serving one job's tasks."""
 
     def __init__(self, job: dict[str, Any], rc: ResourceClass, src: Path, root: Path,
-                 op_names: tuple[str, ...]) -> None:
+                 op_names: tuple[str, ...], job_src: Path | None = None) -> None:
         self.job_id: str = job["id"]
         self.key = executor_key(job, rc)
         self.rc = rc
@@ -70,6 +72,8 @@ class Executor:
         ops: dict[str, Handler] = {name: functools.partial(self._dispatch, name)
                                    for name in op_names}
         self.channel = ChannelServer(self._sock_dir / "s", ops).start()
+        self.box: Sandbox | None = None
+        self.proc: JobProcess | None = None
         self.known_fns: set[str] = set()
         self.last_used = time.monotonic()
         self.tasks_run = 0
@@ -96,11 +100,14 @@ class Executor:
             hand_over(account, self.dir, self._sock_dir)
             spec.run_as = (account.uid, account.gid)
             spec.env["HOME"] = str(self.dir)
-        from tasks import child
-
-        self.proc = warm_parent().Process(target=child.main, args=(spec,), daemon=False)
         try:
-            self.proc.start()
+            # the job's code also where the job's own process has it, so that tracebacks of
+            # functions it defined show their source lines
+            self.box = Sandbox([self.dir, self._sock_dir, src], mem=rc.mem, cpu=rc.cpu,
+                               label=f"{self.job_id}-{self.dir.name}",
+                               ro_at=[(src, job_src)] if job_src and job_src != src else [])
+            warm_parent()
+            self.proc = self.box.spawn(spec)
             self.sock = self._accept(listener)
         except BaseException:
             self.kill()
@@ -115,7 +122,7 @@ class Executor:
             if ready:
                 conn, _ = listener.accept()
                 return conn
-            if not self.proc.is_alive():
+            if not self.alive():
                 raise ExecutorLost(f"the task executor exited at start ({self.exit_text()}): "
                                    f"{self.read_output().decode(errors='replace')[-2000:]}")
         raise ExecutorLost("the task executor did not start in time")
@@ -127,7 +134,7 @@ class Executor:
         return session.ops()[name](**args)
 
     def alive(self) -> bool:
-        return self.proc.is_alive()
+        return self.proc is not None and self.proc.is_alive()
 
     def run(self, header: dict[str, Any], blobs: list[bytes],
             tick: Callable[[], bool]) -> tuple[dict[str, Any], list[bytes]] | None:
@@ -146,14 +153,20 @@ class Executor:
                 if tick():
                     self.kill()
                     return None
+                hit = self.box.limit_hit() if self.box is not None else None
+                if hit is not None:
+                    self.kill()
+                    raise ExecutorLost(hit.replace("the job", "the task"))
         except (OSError, EOFError):
-            self.proc.join(1.0)
-            raise ExecutorLost(self.exit_text()) from None
+            if self.proc is not None:
+                self.proc.join(1.0)
+            hit = self.box.limit_hit(final=True) if self.box is not None else None
+            raise ExecutorLost(hit.replace("the job", "the task") if hit else self.exit_text()) from None
         finally:
             self.last_used = time.monotonic()
 
     def exit_text(self) -> str:
-        code = self.proc.exitcode
+        code = self.proc.exitcode if self.proc is not None else None
         if code is None:
             return "the task's process stopped answering"
         if code < 0:
@@ -172,14 +185,13 @@ class Executor:
         return chunk
 
     def kill(self) -> None:
-        """Stop the executor and everything it started (its own process group)."""
-        _kill_group(self.proc.pid)
+        """Stop the executor and everything it started (its whole sandbox)."""
+        if self.box is not None:
+            self.box.close()
         try:
             self.sock.close()
         except AttributeError:
             pass
-        if self.proc.pid is not None:
-            self.proc.join(5)
         self.channel.close()
         try:
             os.close(self._log_fd)
@@ -221,7 +233,8 @@ class ExecutorPool:
                     return ex
                 ex.kill()
         src = self.source(job)
-        ex = Executor(job, rc, src, self.root, self.op_names)
+        job_src = self.settings.work_dir / f"{job['id']}-{job.get('attempt') or 1}" / "src"
+        ex = Executor(job, rc, src, self.root, self.op_names, job_src=job_src)
         with self._lock:
             self._busy.add(ex)
         self._trim()

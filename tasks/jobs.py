@@ -10,6 +10,7 @@ import itertools
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -19,6 +20,7 @@ from celery.exceptions import Reject
 from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from tasks import defaults as d
+from tasks import sandbox
 from tasks.distributed import stop_job_tasks
 from tasks.hybrid import supervisor_class
 from tasks.isolation import make_undumpable
@@ -168,7 +170,12 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     consumed = list(sender.app.amqp.queues.consume_from or {}) if sender is not None else []
     if consumed and all(q.startswith("device.") for q in consumed):
         return      # a device worker (tasks.devices) runs no user code
-    warm_parent()   # pay qiskit's import once, before the first job
+    try:
+        sandbox.check_host()    # a worker that cannot sandbox user code takes no job
+    except sandbox.SandboxUnavailable as exc:
+        print(f"qhybrid worker: cannot run user code safely: {exc}", file=sys.stderr, flush=True)
+        os._exit(78)
+    warm_parent(wait=False)   # pay qiskit's import once, before the first job
 
 
 @worker_ready.connect
@@ -187,3 +194,4 @@ def _on_worker_shutting_down(**_: Any) -> None:
 @worker_shutdown.connect
 def _on_worker_shutdown(**_: Any) -> None:
     _stop.set()
+    sandbox.shutdown()

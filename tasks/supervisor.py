@@ -8,7 +8,6 @@ maximum run time, and at the end stores logs, results and `model.tar.gz`.
 from __future__ import annotations
 
 import codecs
-import multiprocessing
 import os
 import shutil
 import signal
@@ -17,7 +16,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.context import ForkServerContext
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,7 +24,7 @@ from storage import keys
 from storage.store import ObjectStore
 from storage.tarsafe import pack_dir, safe_extract
 from tasks import defaults as d
-from tasks import files, quantum_tasks
+from tasks import files, quantum_tasks, sandbox
 from tasks.channel import ChannelServer
 from tasks.child import ChildSpec
 from tasks.distributed import JobTasks
@@ -36,10 +34,9 @@ from tasks.resources import ResourceClass
 from tasks.settings import SECRET_ENV_PREFIXES, Settings
 from tasks.usage import UsageMeter
 
-_ctx: ForkServerContext | None = None
 INTERRUPTED = "INTERRUPTED"     # not a job status: the worker stopped under the job
 
-# The warm parent starts with these, so libraries loaded there do not start a thread per core.
+# The zygote starts with these, so libraries loaded there do not start a thread per core.
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
 
 
@@ -50,29 +47,23 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def warm_parent() -> ForkServerContext:
-    """The fork server that children are forked from, started once with qiskit imported.
+def zygote_env() -> dict[str, str]:
+    """The zygote's environment: no credentials, one thread per library until a job says."""
+    env = clean_env({k: "1" for k in _THREAD_ENV})
+    env["QISKIT_PARALLEL"] = "FALSE"
+    return env
 
-    It is started from a scrubbed environment so that neither it nor the children it forks
-    ever hold the Redis URL or storage credentials, not even in memory.
+
+def warm_parent(wait: bool = True) -> sandbox.Zygote:
+    """The zygote that job processes are forked from, started once with qiskit imported.
+
+    It gets its own explicit environment (`zygote_env`), so neither it nor the children it
+    forks ever hold the Redis URL or storage credentials, not even in memory; the worker's
+    own environment is never touched.
     """
-    global _ctx
-    if _ctx is None:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["tasks.preload"])
-        saved = dict(os.environ)
-        try:
-            os.environ.clear()
-            os.environ.update(clean_env({k: "1" for k in _THREAD_ENV}))
-            os.environ["QISKIT_PARALLEL"] = "FALSE"
-            from multiprocessing import forkserver
-
-            forkserver.ensure_running()
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-        _ctx = ctx
-    return _ctx
+    z = sandbox.zygote(zygote_env())
+    z.ensure(wait)
+    return z
 
 
 class Supervisor:
@@ -118,6 +109,7 @@ class Supervisor:
         self._result_saved = False
         self._source_snapshot: dict[str, tuple[int, int]] = {}
         self._log: BinaryIO | None = None
+        self.sandbox: sandbox.Sandbox | None = None
 
     # --- operations the child may call -----------------------------------------------------
     def op_update_status(self, status: str) -> bool:
@@ -150,6 +142,9 @@ class Supervisor:
             if self.job_dir.exists():
                 shutil.rmtree(self.job_dir)
             self.results_dir.mkdir(parents=True)
+            # made first: it shows the job directory, which must keep its inode from here on
+            self.sandbox = sandbox.Sandbox([self.job_dir, self._socket_dir], mem=self.rc.mem,
+                                           cpu=self.rc.cpu, label=self.job_dir.name)
             spec = self.prepare()
             channel = ChannelServer(self.socket_path, self.ops).start()
             status, error = self.watch(spec)
@@ -192,9 +187,7 @@ class Supervisor:
                          mem_bytes=self.rc.mem, tail_lines=d.ERROR_TRACEBACK_LINES)
 
     def watch(self, spec: ChildSpec) -> tuple[str, str]:
-        """Start the child and follow it to its end: (final status, error message)."""
-        from tasks import child
-
+        """Start the child in the sandbox, follow it to its end: (final status, error)."""
         # Read through a handle opened now: the job's account owns the directory from here on.
         self._log = open(self.log_path, "a+b")  # noqa: SIM115 - closed in finish()
         account = job_account()
@@ -202,14 +195,15 @@ class Supervisor:
             hand_over(account, self.job_dir, self._socket_dir)
             spec.run_as = (account.uid, account.gid)
             spec.env["HOME"] = str(self.job_dir)
-        proc = warm_parent().Process(target=child.main, args=(spec,), daemon=False)
-        proc.start()
+        box = self.sandbox
+        assert box is not None
+        warm_parent()
+        proc = box.spawn(spec)
         self.usage.follow(proc.pid)
         self.registry.set_fields(self.job_id, pid=proc.pid)
         if not self.registry.transition(self.job_id, d.RUNNING, allowed=[d.INITIALIZING],
                                         started=time.time()):
-            _kill_group(proc.pid)
-            proc.join()
+            box.kill()
             return d.CANCELED, ""
         deadline = time.monotonic() + int(self.job.get("max_runtime") or self.settings.max_runtime_s)
         last_beat = 0.0
@@ -228,14 +222,17 @@ class Supervisor:
                 outcome = (d.ERROR, f"the job exceeded its maximum run time of {limit} s")
             elif self.stopping is not None and self.stopping.is_set():
                 outcome = (INTERRUPTED, "the worker running the job stopped")
+            elif (hit := box.limit_hit()) is not None:
+                outcome = (d.ERROR, hit)
             if outcome:
-                _kill_group(proc.pid)
-                proc.join()
                 break
-        _kill_group(proc.pid)   # whatever the user code left running
+        box.kill()     # the job's process tree, whatever it left running, and its /tmp
         self.pump_log()
         if outcome:
             return outcome
+        hit = box.limit_hit(final=True)
+        if hit is not None:       # a process of the job was killed at a limit
+            return d.ERROR, hit
         if proc.exitcode == 0:
             return d.DONE, ""
         error_file = open_job_file(self.error_path)
@@ -243,6 +240,8 @@ class Supervisor:
             with error_file:
                 return d.ERROR, error_file.read(1024**2).decode("utf-8", errors="replace")
         code = proc.exitcode or 0
+        if code == -signal.SIGXFSZ:
+            return d.ERROR, box.disk_message()
         if code < 0:
             name = signal.Signals(-code).name
             hint = " (out of memory?)" if -code == signal.SIGKILL else ""
@@ -266,9 +265,13 @@ class Supervisor:
 
     def finish(self, status: str, error: str) -> None:
         """Store logs and outputs, then record the final status (in that order)."""
+        if self.sandbox is not None:
+            self.sandbox.kill()     # already done when the job ran; its cgroup goes at the end
         self.end_tasks(status)
         if status == INTERRUPTED and self.requeue is not None:
             self.requeue(error)
+            if self.sandbox is not None:
+                self.sandbox.close()
             shutil.rmtree(self.job_dir, ignore_errors=True)
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             return
@@ -297,6 +300,8 @@ class Supervisor:
             # a cancel raced with the end: the cancel wins, as the user asked for it
             self.registry.transition(self.job_id, d.CANCELED, allowed=[d.CANCELING], **fields)
         self.registry.expire_log(self.job_id)
+        if self.sandbox is not None:
+            self.sandbox.close()
         shutil.rmtree(self.job_dir, ignore_errors=True)
         shutil.rmtree(self._socket_dir, ignore_errors=True)
 

@@ -7,8 +7,10 @@ each test works as a user of its own instead, which the API keeps apart.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +27,18 @@ from tasks.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_CLASSES = ["small", "medium"]       # `large` and `gpu` have no worker on purpose
+# Shared with every job of the test services (QHYBRID_SANDBOX_BIND): markers test programs write.
+SHARED = Path(tempfile.gettempdir()) / f"qh-shared-{os.getpid()}"
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A fresh directory that the jobs of the test services can write to."""
+    path = SHARED / uuid.uuid4().hex[:12]
+    path.mkdir(parents=True)
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -96,6 +110,8 @@ def _worker_argv(resource_class: str) -> list[str]:
 def start_service(tmp: Path, redis_url: str, backend: str, endpoint: str | None,
                   db: int, extra_env: dict[str, str] | None = None,
                   classes: list[str] | None = None) -> RunningService:
+    SHARED.mkdir(exist_ok=True)
+    SHARED.chmod(0o777)
     env = dict(os.environ)
     for k in list(env):
         if k.startswith("QHYBRID_"):
@@ -105,9 +121,11 @@ def start_service(tmp: Path, redis_url: str, backend: str, endpoint: str | None,
         "QHYBRID_DATA_DIR": str(tmp / "data"),
         "QHYBRID_SECRET_KEY": "test-secret",
         "PYTHONPATH": str(ROOT),
-        # Test programs write marker files into pytest's private temp directories, so user
-        # code runs as the workers' account here; test_isolation runs it as `nobody`.
+        # Test programs write marker files into one shared directory (the only one of the
+        # host their sandboxes see), so user code runs as the workers' account here;
+        # test_isolation runs it as `nobody`.
         "QHYBRID_JOB_USER": "",
+        "QHYBRID_SANDBOX_BIND": str(SHARED),
         **(extra_env or {}),
     })
     if backend == "s3":
@@ -176,6 +194,25 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):  # typ
     raise AssertionError(f"condition not met within {timeout} s")
 
 
+def job_processes(job_id: str) -> list[int]:
+    """Host pids of the processes running code of the job: in its sandbox's cgroup (named
+    after it), or with an environment that names it."""
+    found = []
+    marker = f"QHYBRID_JOB_ID={job_id}".encode()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cgroup", "rb") as fh:
+                in_cgroup = f"/{job_id}-".encode() in fh.read()
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if in_cgroup or marker in fh.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
 def bell(measure: bool = True) -> Any:
     """A Bell-state circuit, measured unless asked not to."""
     from qiskit import QuantumCircuit
@@ -212,9 +249,6 @@ def _nobody_can_run_python() -> bool:
 @pytest.fixture(scope="session")
 def isolated_service(redis_server: str) -> Iterator[RunningService]:
     """Workers as root, user code as `nobody` (QHYBRID_JOB_USER), the data directory private."""
-    import shutil
-    import tempfile
-
     from app.service import prepare_dirs
     from tasks.settings import Settings
 

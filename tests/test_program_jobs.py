@@ -15,7 +15,7 @@ from qiskit.quantum_info import SparsePauliOp
 
 from qhybrid import Client, JobFailed, Program
 from qhybrid.errors import Conflict, InvalidInput, NoResourceClass, NotFound, Unauthorized
-from tests.conftest import RunningService, bell, wait_until, write_program
+from tests.conftest import RunningService, bell, job_processes, wait_until, write_program
 
 STAGES = """
 import time
@@ -114,15 +114,12 @@ def test_follow_logs_streams_until_the_end(client: Client, tmp_path: Path) -> No
 
 def test_cancel_while_running_kills_the_process_tree(service: RunningService, client: Client,
                                                      tmp_path: Path) -> None:
-    marker = tmp_path / "pids"
-    src = (f"import os, subprocess, time\n"
-           f"child = subprocess.Popen(['sleep', '300'])\n"
-           f"open({str(marker)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
-           f"print('started', flush=True)\ntime.sleep(300)\n")
+    src = ("import os, subprocess, time\n"
+           "child = subprocess.Popen(['sleep', '300'])\n"
+           "print('started', flush=True)\ntime.sleep(300)\n")
     job = client.upload(Program(title="tree", entrypoint="main.py",
                                 working_dir=write_program(tmp_path / "src", src))).run()
-    wait_until(lambda: marker.exists() and marker.read_text(), timeout=30)
-    pids = [int(p) for p in marker.read_text().split()]
+    pids = wait_until(lambda: len(found := job_processes(job.job_id)) >= 2 and found, timeout=30)
     started = time.monotonic()
     job.cancel()
     wait_until(lambda: not any(_alive(p) for p in pids), timeout=5)
@@ -134,10 +131,11 @@ def test_cancel_while_running_kills_the_process_tree(service: RunningService, cl
         job.result(timeout=5)
 
 
-def test_cancel_while_queued_never_starts(service: RunningService, tmp_path: Path) -> None:
+def test_cancel_while_queued_never_starts(service: RunningService, tmp_path: Path,
+                                         shared_dir: Path) -> None:
     # `large` has no worker, so the job stays queued, visibly
     client = service.client()
-    flag = tmp_path / "ran"
+    flag = shared_dir / "ran"
     program = client.upload(Program(title="never", entrypoint="main.py", resources="large",
                                     working_dir=write_program(tmp_path / "src",
                                                               f"open({str(flag)!r}, 'w')\n")))
@@ -187,10 +185,11 @@ def test_user_code_gets_no_credentials(service: RunningService, client: Client,
     assert service.env["QHYBRID_REDIS_URL"] not in " ".join(env.values())
 
 
-def test_worker_killed_mid_job_runs_it_again(service: RunningService, tmp_path: Path) -> None:
+def test_worker_killed_mid_job_runs_it_again(service: RunningService, tmp_path: Path,
+                                             shared_dir: Path) -> None:
     client = service.client()
-    counter = tmp_path / "attempts"
-    pid_file = tmp_path / "pid"
+    counter = shared_dir / "attempts"
+    pid_file = shared_dir / "pid"
     src = (f"import os, time\nfrom qhybrid import save_result\n"
            f"with open({str(counter)!r}, 'a') as fh: fh.write('x')\n"
            f"n = len(open({str(counter)!r}).read())\n"
@@ -199,7 +198,7 @@ def test_worker_killed_mid_job_runs_it_again(service: RunningService, tmp_path: 
     job = client.upload(Program(title="survivor", entrypoint="main.py", resources="medium",
                                 working_dir=write_program(tmp_path / "src", src))).run()
     wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=30)
-    first_pid = int(pid_file.read_text())
+    [first_pid] = job_processes(job.job_id)      # the host's pid of that process
     worker = service.service.procs["worker-medium"]
     os.kill(worker.pid, signal.SIGKILL)            # the worker only: its user code must die too
     worker.wait()

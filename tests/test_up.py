@@ -124,6 +124,8 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def test_up_serves_stops_and_restarts_with_everything_kept(start_up: Start,
                                                           tmp_path: Path) -> None:
     env = _env(tmp_path)
+    (tmp_path / "shared").mkdir()
+    env["QHYBRID_SANDBOX_BIND"] = str(tmp_path / "shared")  # the one place jobs write markers
     data_dir = tmp_path / "data"
     port = free_port()
 
@@ -149,7 +151,7 @@ def test_up_serves_stops_and_restarts_with_everything_kept(start_up: Start,
         worker.kill()
         assert program.run().result(timeout=90) == {"kept": [1, 2]}
         # a job still running when the service stops runs again after the restart
-        counter = tmp_path / "attempts"
+        counter = tmp_path / "shared" / "attempts"
         slow = client.upload(Program(title="slow", entrypoint="main.py", working_dir=write_program(
             tmp_path / "slow", f"import time\nfrom qhybrid import save_result\n"
             f"with open({str(counter)!r}, 'a') as fh: fh.write('x')\n"
