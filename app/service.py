@@ -28,10 +28,11 @@ from tasks.defaults import (
     GUNICORN_LIMIT_FIELD_SIZE,
     GUNICORN_LIMIT_REQUEST_LINE,
     REDIS_RESTART_WAIT_S,
+    WEB_REDIS_RETRY_S,
 )
 from tasks.isolation import job_account, private_dir
 from tasks.queues import device_queue, jobs_queue, tasks_queue
-from tasks.redis_client import connect, redis_server_binary
+from tasks.redis_client import connect, redis_server_binary, set_retry_window
 from tasks.registry import Registry
 from tasks.resources import load_classes
 from tasks.settings import Settings
@@ -320,6 +321,7 @@ def ensure_local_user(settings: Settings, url: str) -> str:
 def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
        classes: list[str] | None = None, log=print) -> None:  # type: ignore[assignment]
     """Run the whole service until Ctrl-C; then stop every process it started."""
+    set_retry_window(WEB_REDIS_RETRY_S)     # its own few Redis calls: no long waits
     env = dict(os.environ)
     if data_dir is not None:
         env["QHYBRID_DATA_DIR"] = str(Path(data_dir).expanduser().resolve())
