@@ -9,7 +9,9 @@ from typing import Any
 from flask import Flask
 
 from tasks.celery_app import make_celery
+from tasks.defaults import WEB_REDIS_RETRY_S
 from tasks.isolation import make_undumpable
+from tasks.redis_client import set_retry_window
 from tasks.services import Services
 from tasks.settings import Settings
 
@@ -38,6 +40,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     if test_config:
         app.config.update({k: v for k, v in test_config.items() if k != "SETTINGS"})
+    # the web answers 503 while Redis restarts instead of holding requests (app.errors)
+    set_retry_window(WEB_REDIS_RETRY_S)
     app.extensions["qhybrid"] = Services.from_settings(settings)
     app.extensions["qhybrid.celery"] = make_celery(settings)
 

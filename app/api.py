@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, send_fi
 
 from app import jobs
 from app.auth import services, token_required
-from app.params import float_arg, int_arg, json_body
+from app.params import float_arg, int_arg, json_body, load_json
 from qhybrid.errors import InvalidInput
 from tasks import defaults as d
 
@@ -37,11 +37,8 @@ def upload_program() -> tuple[Response, int]:
         raise InvalidInput("attach the working directory (tar) or a .py file as 'source'",
                            field="source")
     resources: Any = None
-    if form.get("resources"):
-        try:
-            resources = json.loads(form["resources"])
-        except ValueError:
-            resources = form["resources"]
+    if form.get("resources"):   # a JSON object, or a resource class by name
+        resources = load_json(form["resources"], "resources", not_json=form["resources"])
     rec = jobs.save_program(services(), g.user, title=form.get("title", ""),
                             entrypoint=form.get("entrypoint"), source=source.stream,
                             filename=source.filename or "", resources=resources,

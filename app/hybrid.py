@@ -8,7 +8,6 @@ stored as bytes and never unpickled here: only the job's child process loads it.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from typing import Any, BinaryIO
 from celery import Celery
 
 from app import jobs
+from app.params import load_json
 from qhybrid.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge
 from qhybrid.hybrid_rules import (
     MAX_CHANNELS,
@@ -52,10 +52,7 @@ def parse_metadata(text: str | None) -> dict[str, Any]:
     if not text:
         raise InvalidInput("send the job's metadata as a JSON form field 'metadata'",
                            field="metadata")
-    try:
-        meta = json.loads(text)
-    except ValueError as exc:
-        raise InvalidInput(f"metadata is not valid JSON: {exc}", field="metadata") from None
+    meta = load_json(text, "metadata")
     if not isinstance(meta, dict):
         raise InvalidInput("metadata is a JSON object", field="metadata")
     unknown = sorted(set(meta) - METADATA_FIELDS)
@@ -185,7 +182,9 @@ def submit_hybrid_job(svc: Services, celery: Celery, user: str, metadata: str | 
             dest = Path(tmp, channel)
             field = f"channel.{channel}"
             try:
-                members = safe_extract(uploads[channel], dest, max_bytes=budget)
+                members = safe_extract(uploads[channel], dest,
+                                       max_bytes=min(budget, svc.settings.tar_max_bytes),
+                                       max_members=svc.settings.tar_max_members)
             except (InvalidInput, PayloadTooLarge) as exc:
                 raise type(exc)(f"input channel {channel}: {exc.detail}", field=field) from None
             files = [p for p in dest.rglob("*") if p.is_file() and not p.is_symlink()]

@@ -6,6 +6,7 @@ Everything is validated before anything is written, so bad input changes nothing
 from __future__ import annotations
 
 import json
+import math
 import re
 import tarfile
 import tempfile
@@ -46,9 +47,13 @@ def iso(ts: float | None) -> str | None:
 def parse_time(value: str, field: str) -> float:
     """An ISO 8601 time or epoch seconds."""
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise InvalidInput(f"{field} must be a finite time, got {value!r}", field=field)
+        return seconds
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -92,9 +97,13 @@ def save_program(svc: Services, user: str, *, title: str, entrypoint: str | None
         if is_tar(head):
             check_entrypoint(entrypoint or "")
             try:
-                members = safe_extract(upload, Path(tmp) / "check")
+                members = safe_extract(upload, Path(tmp) / "check",
+                                       max_bytes=svc.settings.tar_max_bytes,
+                                       max_members=svc.settings.tar_max_members)
             except tarfile.TarError as exc:
                 raise InvalidInput(f"the source is not a readable tar: {exc}", field="source") from None
+            except (InvalidInput, PayloadTooLarge) as exc:
+                raise type(exc)(f"source: {exc.detail}", field="source") from None
             if entrypoint not in {Path(m).as_posix() for m in members}:
                 raise InvalidInput(f"entrypoint {entrypoint!r} is not in the uploaded working "
                                    "directory", field="entrypoint")

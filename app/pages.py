@@ -31,6 +31,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from app import jobs
 from app.auth import log_in, services, session_user
+from app.params import load_json
 from qhybrid import codec
 from qhybrid.errors import Conflict, InvalidInput, PayloadTooLarge, QhybridError
 from storage import keys
@@ -140,10 +141,7 @@ def submit() -> Any:
 def _submit(form: dict[str, str]) -> dict[str, Any]:
     svc = services()
     jobs.check_title(form["title"].strip())
-    try:
-        arguments = json.loads(form["arguments"] or "{}", parse_constant=_no_constant)
-    except ValueError as exc:
-        raise InvalidInput(f"arguments are not valid JSON: {exc}", field="arguments") from None
+    arguments = load_json(form["arguments"] or "{}", "arguments", parse_constant=_no_constant)
     if not isinstance(arguments, dict):
         raise InvalidInput("arguments must be a JSON object", field="arguments")
     codec.validate(arguments, path="arguments")

@@ -19,13 +19,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
 from qhybrid import config
+from tasks.defaults import (
+    GUNICORN_LIMIT_FIELD_SIZE,
+    GUNICORN_LIMIT_REQUEST_LINE,
+    REDIS_RESTART_WAIT_S,
+    WEB_REDIS_RETRY_S,
+)
 from tasks.isolation import job_account, private_dir
 from tasks.queues import device_queue, jobs_queue, tasks_queue
-from tasks.redis_client import connect, redis_server_binary
+from tasks.redis_client import connect, redis_server_binary, set_retry_window
 from tasks.registry import Registry
 from tasks.resources import load_classes
 from tasks.settings import Settings
@@ -70,7 +77,7 @@ def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Pop
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     url = f"redis://:{password}@127.0.0.1:{port}/0"
     r = connect(url)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + REDIS_RESTART_WAIT_S
     while True:
         try:
             if r.ping():
@@ -84,6 +91,23 @@ def start_redis(data_dir: Path, port: int | None = None) -> tuple[subprocess.Pop
         time.sleep(0.05)
     _write_private(rdir / "url", url)   # so `qhybrid user create` finds it
     return proc, url
+
+
+def restart_redis_if_exited(proc: subprocess.Popen[bytes], data_dir: Path, url: str,
+                            log: Any = print) -> subprocess.Popen[bytes] | None:
+    """The embedded redis-server again, on the same port and AOF, if it exited; else None.
+
+    Workers and the web reconnect by themselves (tasks.redis_client, Celery's broker retry);
+    meanwhile the API answers 503 with Retry-After.
+    """
+    if proc.poll() is None:
+        return None
+    port = urlsplit(url).port
+    log(f"redis-server exited ({proc.returncode}); starting it again on port {port} "
+        f"(see {data_dir / 'redis' / 'redis.log'})")
+    new, _ = start_redis(data_dir, port)
+    log(f"redis-server is back on port {port}")
+    return new
 
 
 def prepare_dirs(settings: Settings, env: dict[str, str]) -> None:
@@ -216,10 +240,15 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
 
 
 def web_command(host: str, port: int | str) -> list[str]:
-    # Threads, not processes: long-polls hold a thread each while they wait.
+    # Threads, not processes: long-polls hold a thread each while they wait. Its limits sit
+    # above the app's (app.errors answers 414/431 as problem+json); its worker dies with its
+    # master and a new master binds beside a lingering one (app.gunicorn_hooks).
     return [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "64",
             "--workers", "1", "--bind", f"{host}:{port}", "--timeout", "120",
-            "--graceful-timeout", "3", "--access-logfile", "-", "app:create_app()"]
+            "--graceful-timeout", "3", "--access-logfile", "-", "--reuse-port",
+            "--limit-request-line", str(GUNICORN_LIMIT_REQUEST_LINE),
+            "--limit-request-field_size", str(GUNICORN_LIMIT_FIELD_SIZE),
+            "--config", "python:app.gunicorn_hooks", "app:create_app()"]
 
 
 def worker_command(resource_class: str) -> list[str]:
@@ -305,6 +334,7 @@ def ensure_local_user(settings: Settings, url: str) -> str:
 def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
        classes: list[str] | None = None, log=print) -> None:  # type: ignore[assignment]
     """Run the whole service until Ctrl-C; then stop every process it started."""
+    set_retry_window(WEB_REDIS_RETRY_S)     # its own few Redis calls: no long waits
     env = dict(os.environ)
     if data_dir is not None:
         env["QHYBRID_DATA_DIR"] = str(Path(data_dir).expanduser().resolve())
@@ -348,6 +378,16 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
             "   Ctrl-C stops it")
         restarts: list[float] = []
         while not stopping:
+            if redis_proc is not None:
+                try:
+                    again = restart_redis_if_exited(redis_proc, settings.data_dir,
+                                                    env["QHYBRID_REDIS_URL"], log)
+                except RuntimeError as exc:      # e.g. its port taken meanwhile: next round
+                    log(str(exc))
+                    again = None
+                if again is not None:
+                    redis_proc = again
+                    restarts.append(time.monotonic())
             restarts += [time.monotonic() for _ in service.respawn_exited(log)]
             restarts = [t for t in restarts if time.monotonic() - t < 60]
             if len(restarts) > 10:

@@ -14,6 +14,7 @@ import numpy as np
 from qhybrid.errors import InvalidInput
 
 RUN_OPTIONS: dict[str, Any] = {"shots": 1024, "memory": False, "seed_simulator": None}
+MAX_SEED = 2**63 - 1                # the simulator takes a 64-bit seed
 
 
 def validate_run_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -35,9 +36,10 @@ def validate_run_options(options: Mapping[str, Any]) -> dict[str, Any]:
     out["memory"] = bool(memory)
     seed = out["seed_simulator"]
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) \
+                or not 0 <= int(seed) <= MAX_SEED:
             raise InvalidInput(
-                f"seed_simulator must be a non-negative integer or None, got {seed!r}",
+                f"seed_simulator must be an integer from 0 to {MAX_SEED} or None, got {seed!r}",
                 field="seed_simulator",
             )
         out["seed_simulator"] = int(seed)

@@ -1,12 +1,14 @@
 """Packing directories into tars and unpacking user tars without letting them escape.
 
-Every tar that comes from a user is unpacked by `safe_extract`: all members are checked first
-(no absolute paths, no '..', no links out, no devices), then tarfile extracts them with its
-"data" filter as a second line of defence. `is_tar` / `is_hdf5` sniff a file's first bytes.
+Every tar that comes from a user is unpacked by `safe_extract`: all members are checked first,
+as the stream is read (no absolute paths, no '..', no links out, no devices, a bounded total
+size and member count), then tarfile extracts them with its "data" filter as a second line
+of defence. `is_tar` / `is_hdf5` sniff a file's first bytes.
 """
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import gzip as gzip_mod
 import lzma
@@ -151,8 +153,80 @@ def _check(member: tarfile.TarInfo, links: set[str]) -> str:
     return "/".join(parts)
 
 
+# What one user tar may unpack to and hold (the service passes its settings; these defaults
+# equal tasks.defaults.TAR_MAX_UNPACKED_BYTES / TAR_MAX_MEMBERS).
+DEFAULT_MAX_BYTES = 1024**3
+DEFAULT_MAX_MEMBERS = 20_000
+_BLOCK = 512
+# Headers, long-name and pax records around one member, in the decompressed stream.
+_MEMBER_OVERHEAD = 8 * _BLOCK
+
+
+class _CappedReader:
+    """Reads the decompressed tar stream and stops it once it passes `cap` bytes.
+
+    A bomb is refused after reading at most `cap` bytes of it, never unpacked to find out:
+    tarfile's own pax and long-name records are bounded the same way as member data.
+    """
+
+    def __init__(self, raw: BinaryIO, cap: int) -> None:
+        self._raw = raw
+        self._cap = cap
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self._cap + 1 - self.count
+        data = self._raw.read(max(0, min(n, self._cap + 1 - self.count)))
+        self.count += len(data)
+        if self.count > self._cap:
+            raise PayloadTooLarge(f"archive unpacks to more than {self._cap} bytes")
+        return data
+
+
+def _decompressed(fileobj: BinaryIO, stack: contextlib.ExitStack) -> BinaryIO:
+    """The tar stream inside a plain, gzip, bzip2 or xz file, decompressed as it is read."""
+    head = fileobj.read(6)
+    rest = cast(BinaryIO, _Prefixed(head, fileobj))
+    if head[:2] == b"\x1f\x8b":
+        return cast(BinaryIO, stack.enter_context(gzip_mod.GzipFile(fileobj=rest, mode="rb")))
+    if head[:3] == b"BZh":
+        return cast(BinaryIO, stack.enter_context(bz2.BZ2File(rest, "rb")))
+    if head[:6] == b"\xfd7zXZ\x00":
+        return cast(BinaryIO, stack.enter_context(lzma.LZMAFile(rest, "rb")))
+    return rest
+
+
+class _Prefixed:
+    """A stream with bytes already read from it put back in front."""
+
+    def __init__(self, head: bytes, raw: BinaryIO) -> None:
+        self._head = head
+        self._raw = raw
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n is None or n < 0:
+                out, self._head = self._head + self._raw.read(), b""
+                return out
+            out, self._head = self._head[:n], self._head[n:]
+            return out
+        return self._raw.read(n)
+
+    def readable(self) -> bool:
+        return True
+
+
+_CORRUPT = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, KeyError)
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    """A decoding error (gzip and bzip2 raise OSError without errno), not a failing disk."""
+    return isinstance(exc, _CORRUPT) or (isinstance(exc, OSError) and exc.errno is None)
+
+
 def _seekable(src: BinaryIO, stack: contextlib.ExitStack) -> BinaryIO:
-    """tarfile needs to seek (two passes, gzip); spool a non-seekable stream to a temp file."""
+    """The stream is read twice (check, then unpack); spool a non-seekable one to a temp file."""
     seekable = getattr(src, "seekable", None)
     if seekable is not None and seekable():
         return src
@@ -162,40 +236,74 @@ def _seekable(src: BinaryIO, stack: contextlib.ExitStack) -> BinaryIO:
     return spool
 
 
-_CORRUPT = (tarfile.TarError, EOFError, zlib.error, gzip_mod.BadGzipFile, lzma.LZMAError)
-
-
-def safe_extract(src: Path | BinaryIO, dest: Path, *, max_bytes: int | None = None) -> list[str]:
+def safe_extract(src: Path | BinaryIO, dest: Path, *, max_bytes: int | None = None,
+                 max_members: int | None = None) -> list[str]:
     """Unpack a plain or compressed tar into dest after checking every member.
 
     Returns the members' normalised relative names. Raises InvalidInput (naming the member)
-    before anything is written if any member is unsafe, and PayloadTooLarge if the files
-    would total more than max_bytes.
+    if any member is unsafe, and PayloadTooLarge as soon as the members declare more than
+    max_bytes in total or number more than max_members, before anything is written. The
+    check reads the stream once, as it comes, and stops at the first refusal: a bomb costs
+    at most max_bytes of decompression, never disk.
     """
     dest = Path(dest)
+    max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+    max_members = DEFAULT_MAX_MEMBERS if max_members is None else max_members
     with contextlib.ExitStack() as stack:
         if isinstance(src, str | os.PathLike):
             fileobj = cast(BinaryIO, stack.enter_context(open(src, "rb")))
         else:
             fileobj = _seekable(src, stack)
-        try:
-            tar = stack.enter_context(tarfile.open(fileobj=fileobj, mode="r:*"))
-            members = tar.getmembers()
-        except _CORRUPT as exc:
-            raise InvalidInput(f"not a valid tar archive: {exc}") from exc
-        links = {"/".join(_walk([], m.name, set()) or []) for m in members if m.issym()}
-        names = [_check(m, links) for m in members]
-        total = sum(m.size for m in members if m.isreg())
-        if max_bytes is not None and total > max_bytes:
-            raise PayloadTooLarge(f"archive unpacks to {total} bytes, limit {max_bytes}")
+        start = fileobj.tell()
+        names = _read(fileobj, None, max_bytes, max_members)
+        fileobj.seek(start)
         dest.mkdir(parents=True, exist_ok=True)
+        _read(fileobj, dest, max_bytes, max_members)
+    return [n for n in names if n]
+
+
+def _read(fileobj: BinaryIO, dest: Path | None, max_bytes: int, max_members: int) -> list[str]:
+    """One pass over the tar stream: check each member and return the names; with dest,
+    unpack the (checked) stream there instead."""
+    cap = max_bytes + (max_members + 2) * _MEMBER_OVERHEAD
+    links: set[str] = set()
+    seen: set[str] = set()
+    names: list[str] = []
+    total = 0
+    with contextlib.ExitStack() as stack:
         try:
-            tar.extractall(dest, members=members, filter="data")
+            reader = _CappedReader(_decompressed(fileobj, stack), cap)
+            tar = stack.enter_context(tarfile.open(fileobj=cast(BinaryIO, reader), mode="r|"))
+            if dest is not None:          # checked already: the same bytes, read again
+                tar.extractall(dest, filter="data")
+                return names
+            for member in tar:
+                if len(names) >= max_members:
+                    raise PayloadTooLarge(f"archive holds more than {max_members} members")
+                if member.issparse():
+                    raise InvalidInput(f"refusing tar member {member.name!r}: sparse file",
+                                       member=member.name)
+                name = _check(member, links)
+                if member.issym() and (name in seen
+                                       or any(s.startswith(name + "/") for s in seen)):
+                    raise InvalidInput(f"refusing tar member {member.name!r}: a link over a "
+                                       "path the archive already has", member=member.name)
+                if member.isreg():
+                    total += member.size
+                    if total > max_bytes:
+                        raise PayloadTooLarge(f"archive unpacks to more than {max_bytes} bytes "
+                                              f"(limit {max_bytes})")
+                if member.issym():
+                    links.add(name)
+                seen.add(name)
+                names.append(name)
         except tarfile.FilterError as exc:  # e.g. a symlink already present in dest
             raise InvalidInput(f"refusing tar archive: {exc}") from exc
-        except _CORRUPT as exc:
-            raise InvalidInput(f"corrupt tar archive: {exc}") from exc
-    return [n for n in names if n]
+        except (*_CORRUPT, OSError) as exc:
+            if not _is_corrupt(exc):
+                raise
+            raise InvalidInput(f"not a valid tar archive: {exc}") from exc
+    return names
 
 
 def is_tar(head: bytes) -> bool:

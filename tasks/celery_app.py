@@ -26,7 +26,12 @@ def make_celery(settings: Settings) -> Celery:
         result_expires=24 * 3600,
         task_default_queue="jobs.small",
         worker_hijack_root_logger=False,
+        # Redis may restart under a running service (`qhybrid up` restarts it): workers
+        # reconnect by themselves, for as long as it takes, and keep their running jobs.
         broker_connection_retry_on_startup=True,
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
+        result_backend_always_retry=True,
         worker_send_task_events=False,
         task_track_started=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,

@@ -43,8 +43,26 @@ TITLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 USER_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 ERROR_TRACEBACK_LINES = 15                  # kept in the job's error message
 LONG_POLL_MAX_S = 60.0                      # the longest a single wait request blocks
+MAX_JSON_DEPTH = 100                        # nesting of any JSON a request sends (body or field)
+MAX_REQUEST_LINE_BYTES = 4094               # longer request lines answer 414
+MAX_HEADER_FIELD_BYTES = 8190               # a longer header field answers 431
+# gunicorn's own limits sit above ours, so that the app answers (problem+json) in between;
+# gunicorn answers beyond them itself (8190 is the most it allows for the request line).
+GUNICORN_LIMIT_REQUEST_LINE = 8190
+GUNICORN_LIMIT_FIELD_SIZE = 128 * 1024
+# Every tar from a user (program, input channel) is refused while it is read once its
+# members declare more than this in total, or hold more members than this (both settings).
+TAR_MAX_UNPACKED_BYTES = 1024**3
+TAR_MAX_MEMBERS = 20_000
 
 # --- Time-outs and intervals ------------------------------------------------------------
+# While Redis is away (restarting), the API answers 503 with this Retry-After; the web's
+# Redis calls retry for about WEB_REDIS_RETRY_S first, workers' for WORKER_REDIS_RETRY_S (a
+# worker that waits out a Redis restart keeps its running jobs).
+REDIS_RETRY_AFTER_S = 2
+WEB_REDIS_RETRY_S = 1.0
+WORKER_REDIS_RETRY_S = 60.0
+REDIS_RESTART_WAIT_S = 20.0                 # `qhybrid up` waits this long for a restarted Redis
 HEARTBEAT_INTERVAL_S = 1.0                  # a supervisor refreshes its job's heartbeat this often
 HEARTBEAT_TTL_S = 10                        # a job whose heartbeat is older than this lost its worker
 REAPER_INTERVAL_S = 2.0                     # how often a worker looks for jobs that lost theirs

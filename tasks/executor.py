@@ -307,7 +307,8 @@ class ExecutorPool:
             path.mkdir(parents=True)
             try:
                 with self.store.open(keys.job_script(job["prefix"])) as fh:
-                    safe_extract(fh, path)
+                    safe_extract(fh, path, max_bytes=self.settings.tar_max_bytes,
+                                 max_members=self.settings.tar_max_members)
             except Exception:        # no tar (a hybrid job ships a pickled function): empty
                 shutil.rmtree(path, ignore_errors=True)
                 path.mkdir(parents=True)

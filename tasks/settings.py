@@ -41,6 +41,8 @@ class Settings:
     devices_path: Path | None = None   # TOML of extra devices (backends.registry.load_devices)
     device_threads: int = 0            # simulator threads per quantum task; 0: cores / slots
     allow_installs: bool = False       # hybrid jobs may pip-install their `dependencies`
+    tar_max_bytes: int = defaults.TAR_MAX_UNPACKED_BYTES   # what one user tar may unpack to
+    tar_max_members: int = defaults.TAR_MAX_MEMBERS        # members one user tar may hold
 
     @property
     def work_dir(self) -> Path:
@@ -70,6 +72,8 @@ class Settings:
             devices_path=Path(env["QHYBRID_DEVICES"]) if env.get("QHYBRID_DEVICES") else None,
             device_threads=int(env.get("QHYBRID_DEVICE_THREADS") or 0),
             allow_installs=env.get("QHYBRID_ALLOW_INSTALLS", "0").lower() in ("1", "true", "yes"),
+            tar_max_bytes=int(env.get("QHYBRID_TAR_MAX_BYTES") or defaults.TAR_MAX_UNPACKED_BYTES),
+            tar_max_members=int(env.get("QHYBRID_TAR_MAX_MEMBERS") or defaults.TAR_MAX_MEMBERS),
         )
 
 

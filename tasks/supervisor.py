@@ -160,7 +160,8 @@ class Supervisor:
         src = self.job_dir / "src"
         src.mkdir()
         with self.store.open(keys.job_script(self.prefix)) as fh:
-            safe_extract(fh, src)
+            safe_extract(fh, src, max_bytes=self.settings.tar_max_bytes,
+                         max_members=self.settings.tar_max_members)
         args_file = self.job_dir / "arguments.json"
         if self.store.exists(keys.job_arguments(self.prefix)):
             self.store.download_file(keys.job_arguments(self.prefix), args_file)

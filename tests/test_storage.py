@@ -6,6 +6,7 @@ import hashlib
 import io
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -415,6 +416,53 @@ def test_extract_limit_and_garbage(tmp_path: Path) -> None:
         safe_extract(io.BytesIO(b"this is not a tar" * 100), tmp_path / "out")
     with pytest.raises(InvalidInput):
         safe_extract(io.BytesIO(buf.getvalue()[:200]), tmp_path / "out")
+
+
+class _Counting(io.BytesIO):
+    """Counts the compressed bytes the extractor read."""
+
+    read_bytes = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        data = super().read(n)
+        self.read_bytes += len(data)
+        return data
+
+
+def _zeros_tar_gz(sizes: list[int]) -> bytes:
+    """A .tar.gz of members full of zeros, compressed as it is made (a bomb when large)."""
+    comp = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    out = []
+    for i, size in enumerate(sizes):
+        info = tarfile.TarInfo(f"z{i}")
+        info.size = size
+        out.append(comp.compress(info.tobuf(format=tarfile.GNU_FORMAT)))
+        for start in range(0, size, 1024**2):
+            out.append(comp.compress(bytes(min(1024**2, size - start))))
+        out.append(comp.compress(bytes(-size % 512)))
+    out.append(comp.compress(bytes(1024)) + comp.flush())
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("sizes", [[64 * 1024**2], [300 * 1024] * 8], ids=["one", "parts"])
+def test_a_bomb_is_refused_while_read_and_nothing_is_written(tmp_path: Path,
+                                                              sizes: list[int]) -> None:
+    bomb = _Counting(_zeros_tar_gz(sizes))
+    with pytest.raises(PayloadTooLarge):
+        safe_extract(bomb, tmp_path / "out", max_bytes=1024**2)
+    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []
+    if len(sizes) == 1:      # refused at the header: the rest is never decompressed
+        assert bomb.read_bytes < len(bomb.getvalue()) / 4
+
+
+def test_member_count_is_bounded(tmp_path: Path) -> None:
+    files = [member(f"f{i}") for i in range(60)]
+    data = malicious_tar(files[-1], extra=files[:-1])
+    with pytest.raises(PayloadTooLarge, match="more than 50 members"):
+        safe_extract(io.BytesIO(data), tmp_path / "out", max_members=50)
+    assert not (tmp_path / "out").exists()
+    assert len(safe_extract(io.BytesIO(data), tmp_path / "ok", max_members=100)) == 61
 
 
 def test_sniffing(tmp_path: Path) -> None:
