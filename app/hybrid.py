@@ -326,8 +326,10 @@ def job_metrics(svc: Services, user: str, job_id: str, metric_type: str,
     job = svc.registry.get_job(job_id, user)
     kind, stat = check_view(metric_type, statistic)
     records = metrics.read(svc.registry, svc.store, job)
+    table = pivot(records, kind, stat)
+    # JSON objects lose their order on the way: `columns` keeps pivot()'s, as local mode has it
     return {"job_id": job_id, "metric_type": kind, "statistic": stat, "count": len(records),
-            "state": job["status"], "metrics": pivot(records, kind, stat)}
+            "state": job["status"], "metrics": table, "columns": list(table)}
 
 
 def list_checkpoints(svc: Services, user: str, job_id: str) -> list[dict[str, Any]]:

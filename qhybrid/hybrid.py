@@ -607,7 +607,8 @@ class HybridJob:
         stat = str(getattr(statistic, "value", statistic))
         body = self._client._json("GET", f"/jobs/{self.job_id}/metrics",
                                   params={"metric_type": kind, "statistic": stat})
-        return dict(body["metrics"])
+        table = body["metrics"]
+        return {column: table[column] for column in body.get("columns") or table}
 
     def checkpoints(self) -> list[str]:
         """Names of the checkpoint files the job has in storage."""
