@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import math
 import os
 import ssl
@@ -25,6 +26,7 @@ import requests
 
 from qhybrid import (
     Client,
+    HybridJob,
     InvalidInput,
     LocalHybridJob,
     MetricStatistic,
@@ -84,10 +86,18 @@ def test_example_0_first_hybrid_job(where: dict[str, Any]) -> None:
     assert job.hyperparameters() == {"num_steps": "3", "stepsize": "0.5"}
 
 
-def test_example_8_algorithm_script(where: dict[str, Any]) -> None:
-    # given Braket's script-mode example: a module run as __main__, device from the env
-    job = create_job(SIM, EXAMPLES / "algorithm_script.py", tags={"team": "qc"}, **where)
+def test_example_8_algorithm_script(where: dict[str, Any],
+                                    caplog: pytest.LogCaptureFixture) -> None:
+    # given Braket's script-mode example: a module run as __main__, device from the env,
+    # followed to its end through a logger
+    caplog.set_level(logging.INFO, logger="braket-example")
+    job = create_job(SIM, EXAMPLES / "algorithm_script.py", tags={"team": "qc"},
+                     wait_until_complete=True, logger=logging.getLogger("braket-example"),
+                     **where)
+    assert "Test job completed!!!!!" in caplog.messages
     _finish(job)
+    if "client" in where:
+        assert HybridJob.from_id(job.arn, where["client"]).name == job.name
     result = job.result()
     # then what it saved with save_job_result is the result, the Tracker counted its tasks
     assert len(result["counts"]) == 3 and len(result["angles"]) == 3
@@ -158,8 +168,8 @@ def start_here():
 '''
 
 
-def test_script_mode_gives_braket_variables_and_helpers(where: dict[str, Any],
-                                                        tmp_path: Path) -> None:
+def test_script_mode_gives_braket_variables_and_helpers(
+        where: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # given a source module, an input file and hyperparameters
     source = tmp_path / "src" / "parity"
     source.mkdir(parents=True)
@@ -169,8 +179,9 @@ def test_script_mode_gives_braket_variables_and_helpers(where: dict[str, Any],
     data.write_text("input!")
     job = create_job(None, source, "parity.job:start_here", hyperparameters={"lr": 0.1},
                      input_data=str(data), job_name=f"parity-{int(time.time() * 1000)}",
-                     **where)
-    # when it ends
+                     wait_until_complete=True, quiet=True, **where)
+    # when it ends (followed quietly: nothing printed)
+    assert "not recorded" not in capsys.readouterr().out
     _finish(job)
     out = job.result()
     # then every AMZN_BRAKET_* variable is set, with Braket's meaning
