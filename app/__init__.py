@@ -70,4 +70,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from app import tasks_api
 
     app.register_blueprint(tasks_api.bp)
+
+    from app import reservations
+
+    app.register_blueprint(reservations.api)
+    app.register_blueprint(reservations.pages)
     return app

@@ -78,14 +78,15 @@ def submit_task() -> tuple[Response, int]:
     body = json_body()
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", field="body")
-    unknown = set(body) - {"device", "circuits", "options"}
+    unknown = set(body) - {"device", "circuits", "options", "reservation_arn"}
     if unknown:
         raise InvalidInput(f"unknown fields: {', '.join(sorted(unknown))}",
                            field=sorted(unknown)[0])
     svc = services()
     rec = submit(svc.registry.r, svc.store, current_app.extensions["qhybrid.celery"],
                  svc.settings, user=g.user, device=body.get("device"),
-                 circuits=body.get("circuits"), options=body.get("options"))
+                 circuits=body.get("circuits"), options=body.get("options"),
+                 reservation_arn=body.get("reservation_arn"))
     return jsonify(task_json(rec)), 201
 
 

@@ -21,19 +21,22 @@ from app import jobs
 from app.params import load_json
 from qhybrid.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge
 from qhybrid.hybrid_rules import (
+    JOB_ARN_PREFIX,
     MAX_CHANNELS,
     RESULT_FORMATS,
     check_channel,
     check_hyperparameters,
     check_job_name,
     check_link,
+    check_tags,
 )
 from qhybrid.metrics import check_view, pivot
+from qhybrid.script_mode import ENTRY_POINT_RE
 from storage import keys
 from storage.store import validate_prefix
 from storage.tarsafe import safe_extract
 from tasks import defaults as d
-from tasks import metrics
+from tasks import metrics, reservations
 from tasks.devices import device_spec
 from tasks.hybrid import KIND
 from tasks.queues import jobs_queue
@@ -43,7 +46,8 @@ from tasks.services import Services
 
 METADATA_FIELDS = {"job_name", "device", "resources", "max_runtime", "hyperparameters",
                    "hyperparameters_truncated", "dependencies", "copy_checkpoints_from_job",
-                   "result_format", "python", "input_data"}
+                   "result_format", "python", "input_data", "tags", "entry_point",
+                   "reservation_arn"}
 SERVER_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
@@ -93,6 +97,7 @@ def _resolve_checkpoint_job(svc: Services, user: str, ref: Any) -> dict[str, Any
     field = "copy_checkpoints_from_job"
     if not isinstance(ref, str):
         raise InvalidInput("copy_checkpoints_from_job is a job name or id", field=field)
+    ref = ref.removeprefix(JOB_ARN_PREFIX)
     job_id = svc.registry.job_id_for_name(user, ref) or ref
     try:
         return svc.registry.get_job(job_id, user)
@@ -162,6 +167,15 @@ def submit_hybrid_job(svc: Services, celery: Celery, user: str, metadata: str | 
                            field="result_format")
     dependencies = _dependencies(svc, meta.get("dependencies"))
     source_job = _resolve_checkpoint_job(svc, user, meta.get("copy_checkpoints_from_job"))
+    tags = check_tags(meta.get("tags"))
+    entry_point = meta.get("entry_point") or ""
+    if not isinstance(entry_point, str) or (entry_point and not ENTRY_POINT_RE.match(entry_point)):
+        raise InvalidInput("entry_point is 'module' or 'module:function'", field="entry_point")
+    reservation = None
+    if meta.get("reservation_arn") not in (None, ""):
+        reservation = reservations.for_job(svc.registry.r, user, meta["reservation_arn"],
+                                           device or None)
+        device, hold = reservation["device"], True
     if function is None:
         raise InvalidInput("attach the cloudpickled (function, args, kwargs) as 'function'",
                            field="function")
@@ -212,8 +226,10 @@ def submit_hybrid_job(svc: Services, celery: Celery, user: str, metadata: str | 
         "max_runtime": max_runtime, "created": created, "device": device,
         "hyperparameters": hyperparameters, "hyperparameters_truncated": truncated,
         "input_data": channels, "dependencies": dependencies, "result_format": result_format,
-        "python": python or SERVER_PYTHON,
+        "python": python or SERVER_PYTHON, "tags": tags, "entry_point": entry_point,
     }
+    if reservation is not None:
+        record.update(reservation_id=reservation["id"], reservation_arn=reservation["arn"])
     if source_job is not None:
         record.update(checkpoints_from=source_job["prefix"],
                       checkpoints_from_job=source_job.get("job_name") or source_job["id"],
@@ -296,6 +312,10 @@ def hybrid_job_json(svc: Services, job: dict[str, Any], *, events: bool = True) 
         "dependencies": job.get("dependencies") or [],
         "result_format": job.get("result_format") or "json",
         "storage_uri": storage_root(svc) + job["prefix"] + "/",
+        "arn": JOB_ARN_PREFIX + job["id"],
+        "tags": job.get("tags") or {},
+        "entry_point": job.get("entry_point") or None,
+        "reservation_arn": job.get("reservation_arn") or None,
     })
     return out
 
@@ -305,12 +325,14 @@ def job_metrics(svc: Services, user: str, job_id: str, metric_type: str,
     job = svc.registry.get_job(job_id, user)
     kind, stat = check_view(metric_type, statistic)
     records = metrics.read(svc.registry, svc.store, job)
+    table = pivot(records, kind, stat)
+    # JSON objects lose their order on the way: `columns` keeps pivot()'s, as local mode has it
     return {"job_id": job_id, "metric_type": kind, "statistic": stat, "count": len(records),
-            "state": job["status"], "metrics": pivot(records, kind, stat)}
+            "state": job["status"], "metrics": table, "columns": list(table)}
 
 
 def list_checkpoints(svc: Services, user: str, job_id: str) -> list[dict[str, Any]]:
-    job = get_hybrid_job(svc, user, job_id)
+    job = svc.registry.get_job(job_id, user)        # every job kind may save checkpoints
     base = keys.job_checkpoints(job["prefix"])
     return [{"name": obj.key[len(base):], "size": obj.size, "modified": jobs.iso(obj.modified)}
             for obj in svc.store.list(base)]

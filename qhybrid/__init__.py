@@ -25,7 +25,7 @@ from qhybrid.errors import (
     Timeout,
     Unauthorized,
 )
-from qhybrid.hybrid import HybridJob, hybrid_job
+from qhybrid.hybrid import HybridJob, create_job, create_local_job, hybrid_job
 from qhybrid.hybrid_env import (
     get_checkpoint_dir,
     get_hyperparameters,
@@ -35,9 +35,12 @@ from qhybrid.hybrid_env import (
     load_job_checkpoint,
     log_metric,
     save_job_checkpoint,
+    save_job_result,
 )
 from qhybrid.local_job import LocalHybridJob
+from qhybrid.metrics import MetricStatistic, MetricType
 from qhybrid.runtime import get_arguments, save_result, update_status
+from qhybrid.tracking import Tracker
 
 __version__ = "0.1.0"
 
@@ -59,7 +62,13 @@ __all__ = [
     "DistributedTask",
     "get_job_device",
     "hybrid_job",
+    "create_job",
+    "create_local_job",
     "HybridJob",
+    "save_job_result",
+    "MetricType",
+    "MetricStatistic",
+    "Tracker",
     "LocalHybridJob",
     "log_metric",
     "get_input_data_dir",

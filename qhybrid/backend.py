@@ -29,6 +29,7 @@ from qiskit.providers.fake_provider import GenericBackendV2
 from qiskit.result import Result
 from qiskit.transpiler import Target
 
+from qhybrid import tracking
 from qhybrid.codec import decode, encode_circuits
 from qhybrid.errors import Conflict, InvalidInput, QhybridError, TaskFailed
 from qhybrid.run_options import RUN_OPTIONS, validate_run_options
@@ -293,6 +294,7 @@ class QhybridBackend(BackendV2):
         run_options = validate_run_options(merged)
         payload = encode_circuits([_sendable(circuit) for circuit in circuits])
         task_id = self._transport.submit(self.name, payload, run_options)
+        tracking.broadcast(task_id, self.name, run_options.get("shots"))
         return QhybridJob(self, task_id, self._transport, options=run_options)
 
 
@@ -324,6 +326,10 @@ class QhybridJob(JobV1):
             if timeout is not None and (math.isnan(timeout) or timeout < 0):
                 raise InvalidInput(f"timeout must be a non-negative number, got {timeout!r}")
             data = self._transport.result(self.job_id(), timeout)
+            seconds = data.get("time_taken")
+            tracking.broadcast(self.job_id(), self.backend().name, None,
+                               "COMPLETED" if data.get("success", False) else "FAILED",
+                               float(seconds) if isinstance(seconds, int | float) else None)
             if not data.get("success", False):
                 raise TaskFailed(failure_message(data))
             result = result_from_json(data)

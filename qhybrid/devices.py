@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from qhybrid import _channel
 from qhybrid.errors import InvalidInput, Timeout
-from qhybrid.hybrid_env import ENV_JOB_DEVICE, ENV_LOCAL_MODE
+from qhybrid.hybrid_env import ENV_JOB_DEVICE, ENV_LOCAL_MODE, ENV_LOCAL_TASKS_FILE
 
 if TYPE_CHECKING:
     from qhybrid.backend import QhybridBackend
@@ -39,12 +39,15 @@ def _step(deadline: float | None, most: float) -> float:
 class HttpTransport:
     """Quantum tasks through the REST API (`/api/v1/quantum-tasks`)."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, reservation_arn: str | None = None) -> None:
         self.client = client
+        self.reservation_arn = reservation_arn
 
     def submit(self, device: str, circuits: str, options: dict[str, Any]) -> str:
-        body = self.client._json("POST", "/quantum-tasks",
-                                 json={"device": device, "circuits": circuits, "options": options})
+        body: dict[str, Any] = {"device": device, "circuits": circuits, "options": options}
+        if self.reservation_arn:
+            body["reservation_arn"] = self.reservation_arn
+        body = self.client._json("POST", "/quantum-tasks", json=body)
         return str(body["task_id"])
 
     def status(self, task_id: str) -> str:
@@ -100,11 +103,24 @@ class LocalTransport:
         self._results: dict[str, dict[str, Any]] = {}
 
     def submit(self, device: str, circuits: str, options: dict[str, Any]) -> str:
+        import uuid
+
         from backends.execute import run_task
 
-        task_id = f"local-{len(self._results) + 1}"
+        task_id = f"local-{uuid.uuid4().hex}"
         threads = len(os.sched_getaffinity(0))
-        self._results[task_id] = run_task(self.registry.get(device), circuits, options, threads)
+        created = time.time()
+        result = run_task(self.registry.get(device), circuits, options, threads)
+        self._results[task_id] = result
+        listing = os.environ.get(ENV_LOCAL_TASKS_FILE)
+        if listing:                  # a local-mode job's quantum_tasks()
+            import json
+
+            with open(listing, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({
+                    "task_id": task_id, "device": device, "shots": options.get("shots"),
+                    "status": "DONE" if result.get("success", True) else "ERROR",
+                    "created": created, "ended": time.time()}) + "\n")
         return task_id
 
     def status(self, task_id: str) -> str:
@@ -133,11 +149,13 @@ def list_devices(client: Client) -> list[dict[str, Any]]:
     return list(client._json("GET", "/devices")["devices"])
 
 
-def backend(client: Client, name: str) -> QhybridBackend:
-    """The named device as a Qiskit BackendV2 whose run() goes through the HTTP API."""
+def backend(client: Client, name: str, reservation_arn: str | None = None) -> QhybridBackend:
+    """The named device as a Qiskit BackendV2 whose run() goes through the HTTP API; with
+    `reservation_arn`, its tasks run in that reservation of yours."""
     from qhybrid.backend import QhybridBackend
 
-    return QhybridBackend(client._json("GET", f"/devices/{name}"), HttpTransport(client))
+    return QhybridBackend(client._json("GET", f"/devices/{name}"),
+                          HttpTransport(client, reservation_arn))
 
 
 def backends(client: Client) -> list[QhybridBackend]:

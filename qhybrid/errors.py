@@ -41,7 +41,9 @@ class QhybridError(Exception):
         return body
 
 
-class InvalidInput(QhybridError):
+class InvalidInput(QhybridError, ValueError):
+    """Bad input; also a ValueError, so code written for Braket's `except ValueError` works."""
+
     status, slug, title = 400, "invalid-input", "Invalid input"
 
 

@@ -19,6 +19,7 @@ from qhybrid import _channel, codec
 from qhybrid.errors import InvalidInput
 from qhybrid.hybrid_rules import DEFAULT_CHANNEL, check_channel, checkpoint_file
 from qhybrid.metrics import metric_record
+from qhybrid.runtime import save_job_result
 
 ENV_JOB_NAME = "QHYBRID_JOB_NAME"
 ENV_JOB_ID = "QHYBRID_JOB_ID"
@@ -29,8 +30,41 @@ ENV_HYPERPARAMETERS_FILE = "QHYBRID_HYPERPARAMETERS_FILE"
 ENV_JOB_DEVICE = "QHYBRID_JOB_DEVICE"
 ENV_METRICS_FILE = "QHYBRID_METRICS_FILE"       # local mode: metrics are appended here
 ENV_LOCAL_MODE = "QHYBRID_LOCAL_MODE"           # set in a local-mode job: devices run locally
+ENV_LOCAL_TASKS_FILE = "QHYBRID_LOCAL_TASKS_FILE"  # local mode: quantum tasks are listed here
 
 CHECKPOINT_FORMATS = ("json", "pickle")
+NO_DEVICE = "local:none/none"     # what Braket's AMZN_BRAKET_DEVICE_ARN holds for no device
+
+
+def braket_env(*, job_name: str, device: str, results_dir: str, checkpoint_dir: str,
+               input_dir: str, hyperparameters_file: str, entry_point: str = "",
+               script_uri: str = "", results_uri: str = "",
+               reservation: str = "") -> dict[str, str]:
+    """The `AMZN_BRAKET_*` variables Braket's job container sets, with the same meanings, so
+    code written for Braket (and braket.jobs' own helpers) finds its directories and device.
+    The device "ARN" is the qhybrid device name that `get_backend()` takes."""
+    env = {
+        "AMZN_BRAKET_JOB_NAME": job_name,
+        "AMZN_BRAKET_DEVICE_ARN": device or NO_DEVICE,
+        "AMZN_BRAKET_JOB_RESULTS_DIR": results_dir,
+        "AMZN_BRAKET_CHECKPOINT_DIR": checkpoint_dir,
+        "AMZN_BRAKET_INPUT_DIR": input_dir,
+        "AMZN_BRAKET_HP_FILE": hyperparameters_file,
+    }
+    if entry_point:
+        env["AMZN_BRAKET_SCRIPT_ENTRY_POINT"] = entry_point
+    if script_uri:
+        env["AMZN_BRAKET_SCRIPT_S3_URI"] = script_uri
+        env["AMZN_BRAKET_SCRIPT_COMPRESSION_TYPE"] = "gzip"
+    if results_uri:
+        env["AMZN_BRAKET_JOB_RESULTS_S3_PATH"] = results_uri
+        env["AMZN_BRAKET_TASK_RESULTS_S3_URI"] = results_uri.rsplit("/output", 1)[0] + "/tasks"
+        if results_uri.startswith("s3://"):
+            env["AMZN_BRAKET_OUT_S3_BUCKET"] = results_uri[len("s3://"):].split("/", 1)[0]
+    if reservation:
+        env["AMZN_BRAKET_RESERVATION_DEVICE_ARN"] = device or NO_DEVICE
+        env["AMZN_BRAKET_RESERVATION_TIME_WINDOW_ARN"] = reservation
+    return env
 
 #: Metrics logged outside any job (a plain run of the function), for a look afterwards.
 local_metrics: list[dict[str, Any]] = []
@@ -69,8 +103,20 @@ def get_hyperparameters() -> dict[str, str]:
 
 def log_metric(metric_name: str, value: float, timestamp: float | None = None,
                iteration_number: int | None = None) -> None:
-    """Record a metric now: it is visible through the API before this returns."""
-    record = metric_record(metric_name, value, timestamp, iteration_number)
+    """Record a metric now: it is visible through the API before this returns.
+
+    Inside a job a metric that cannot be recorded (NaN, inf, a bad name) never stops the
+    job: it is dropped with a warning in the job's log. Outside a job it raises InvalidInput.
+    """
+    in_job = _channel.in_job() or bool(os.environ.get(ENV_METRICS_FILE))
+    try:
+        record = metric_record(metric_name, value, timestamp, iteration_number)
+    except InvalidInput as exc:
+        if not in_job:
+            raise
+        print(f"[qhybrid: metric {str(metric_name)[:60]!r}={value!r} not recorded: "
+              f"{exc.detail}]", file=sys.stderr, flush=True)
+        return
     if _channel.in_job():
         _channel.call("log_metric", **record)
         return
@@ -120,10 +166,11 @@ def save_job_checkpoint(checkpoint_data: dict[str, Any], checkpoint_file_suffix:
     return str(directory / file)
 
 
-def load_job_checkpoint(job_name: str | None = None,
-                        checkpoint_file_suffix: str = "") -> dict[str, Any]:
+def load_job_checkpoint(job_name: str | None = None, checkpoint_file_suffix: str = "",
+                        allow_pickle: bool = False) -> dict[str, Any]:
     """Load the checkpoint this job (or `job_name`, copied with copy_checkpoints_from_job)
-    saved; FileNotFoundError when there is none."""
+    saved; FileNotFoundError when there is none. A checkpoint saved with data_format="pickle"
+    is unpickled only with allow_pickle=True (only for checkpoints you trust)."""
     name = job_name or get_job_name()
     if not name:
         raise InvalidInput("name the job whose checkpoint to load (no job name is set)",
@@ -134,6 +181,10 @@ def load_job_checkpoint(job_name: str | None = None,
                                 "checkpoints and those of copy_checkpoints_from_job")
     saved = json.loads(path.read_text(encoding="utf-8"))
     if saved.get("data_format") == "pickle":
+        if not allow_pickle:
+            raise InvalidInput(f"checkpoint {path.name} is pickled; load_job_checkpoint(..., "
+                               "allow_pickle=True) unpickles it (only for checkpoints you "
+                               "trust)", field="allow_pickle")
         import cloudpickle
 
         return dict(cloudpickle.loads(base64.b64decode(saved["data"])))
@@ -141,6 +192,8 @@ def load_job_checkpoint(job_name: str | None = None,
 
 
 __all__ = [
+    "braket_env",
+    "save_job_result",
     "get_checkpoint_dir",
     "get_hyperparameters",
     "get_input_data_dir",

@@ -10,6 +10,7 @@ import inspect
 import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from qhybrid.errors import InvalidInput
@@ -40,6 +41,44 @@ RESULT_FORMATS = ("json", "pickle")
 RETURN_HINT = ("return JSON data, numpy arrays, Qiskit circuits or SparsePauliOp (in dicts, "
                "lists, tuples), or write other objects to files in the results directory "
                "(get_results_dir()): they come back in model.tar.gz")
+
+
+# --- states ---------------------------------------------------------------------------------
+#: Our statuses as Braket's hybrid-job states (`job.state()`); `job.status()` keeps ours.
+BRAKET_STATES = {"QUEUED": "QUEUED", "INITIALIZING": "RUNNING", "RUNNING": "RUNNING",
+                 "DONE": "COMPLETED", "ERROR": "FAILED", "CANCELING": "CANCELLING",
+                 "CANCELED": "CANCELLED"}
+BRAKET_TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+JOB_ARN_PREFIX = "arn:qhybrid:job/"          # a job's arn-like id: this and its id
+LOCAL_ARN_PREFIX = "local:job/"               # a local job's, as Braket's local mode
+QUEUE_POSITION_BOUND = 15          # past it a position reads ">15", as Braket's does
+
+
+def braket_state(status: str) -> str:
+    """Braket's name for one of our statuses (a `RUNNING: <sub-status>` is RUNNING)."""
+    return BRAKET_STATES.get(status.split(":", 1)[0].strip(), status)
+
+
+@dataclass(frozen=True)
+class QueuePosition:
+    """What `job.queue_position()` answers, shaped as Braket's HybridJobQueueInfo:
+    `queue_position` is a string ("3", ">15") while the job waits, else None and `message`
+    says why there is none."""
+
+    queue_position: str | None
+    message: str | None = None
+
+    @classmethod
+    def of(cls, state: str, position: int | None, device: str | None) -> QueuePosition:
+        if state == "QUEUED" and position is not None:
+            text = f">{QUEUE_POSITION_BOUND}" if position > QUEUE_POSITION_BOUND else str(position)
+            return cls(text)
+        if state == "QUEUED":
+            why = ("it waits for a free worker" if not device
+                   else f"it waits for a worker; device {device} is its own")
+            return cls(None, f"Job is in QUEUED status without a device line: {why}.")
+        return cls(None, f"Job is in {state} status. qhybrid shows a queue position only for "
+                   "jobs waiting for their device.")
 
 
 def check_job_name(name: Any, field: str = "job_name") -> str:
@@ -123,6 +162,22 @@ def check_hyperparameters(values: Any,
     return out, shortened
 
 
+# --- tags -----------------------------------------------------------------------------------
+MAX_TAGS = 50
+
+
+def check_tags(tags: Any) -> dict[str, str]:
+    """At most 50 tags, keys 1-128 and values 0-256 characters, all strings."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, dict) or len(tags) > MAX_TAGS or not all(
+            isinstance(k, str) and 0 < len(k) <= 128 and isinstance(v, str) and len(v) <= 256
+            for k, v in tags.items()):
+        raise InvalidInput(f"tags are at most {MAX_TAGS} {{key: value}} strings (keys 1-128, "
+                           "values up to 256 characters)", field="tags")
+    return dict(tags)
+
+
 # --- input channels -------------------------------------------------------------------------
 def check_channel(name: Any, field: str = "input_data") -> str:
     if not isinstance(name, str) or not CHANNEL_RE.match(name) or name in (".", ".."):
@@ -197,7 +252,13 @@ def check_checkpoint_file(name: Any) -> str:
 
 
 __all__ = [
+    "BRAKET_STATES",
+    "BRAKET_TERMINAL",
     "DEFAULT_CHANNEL",
+    "JOB_ARN_PREFIX",
+    "LOCAL_ARN_PREFIX",
+    "QueuePosition",
+    "braket_state",
     "MAX_CHANNELS",
     "MAX_HYPERPARAMETERS",
     "MAX_HYPERPARAMETER_CHARS",
@@ -211,6 +272,7 @@ __all__ = [
     "check_hyperparameters",
     "check_job_name",
     "check_link",
+    "check_tags",
     "checkpoint_file",
     "default_job_name",
     "is_uri",

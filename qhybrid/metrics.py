@@ -11,6 +11,7 @@ import math
 import numbers
 import time
 from collections.abc import Iterable
+from enum import StrEnum
 from typing import Any
 
 from qhybrid.errors import InvalidInput
@@ -18,6 +19,26 @@ from qhybrid.errors import InvalidInput
 METRIC_TYPES = ("timestamp", "iteration_number")
 STATISTICS = ("max", "min")
 MAX_METRIC_NAME_CHARS = 255
+
+
+class MetricType(StrEnum):
+    """The row index of `job.metrics()`; the values are Braket's, any spelling is accepted."""
+
+    TIMESTAMP = "Timestamp"
+    ITERATION_NUMBER = "IterationNumber"
+
+
+class MetricStatistic(StrEnum):
+    """Which value a row keeps when it has several; the values are Braket's."""
+
+    MAX = "Max"
+    MIN = "Min"
+
+
+Statistic = MetricStatistic
+
+_TYPE_NAMES = {"timestamp": "timestamp", "iterationnumber": "iteration_number",
+               "iteration_number": "iteration_number"}
 
 
 def metric_record(metric_name: Any, value: Any, timestamp: Any = None,
@@ -54,7 +75,7 @@ def _finite(value: Any, field: str) -> float | int:
 
 def check_view(metric_type: Any, statistic: Any) -> tuple[str, str]:
     """Accept the names (or enums whose value is the name) of a pivot and a statistic."""
-    kind = str(getattr(metric_type, "value", metric_type))
+    kind = _TYPE_NAMES.get(str(getattr(metric_type, "value", metric_type)).lower(), "")
     stat = str(getattr(statistic, "value", statistic)).lower()
     if kind not in METRIC_TYPES:
         raise InvalidInput(f"metric_type is one of {', '.join(METRIC_TYPES)}", field="metric_type")
@@ -65,10 +86,11 @@ def check_view(metric_type: Any, statistic: Any) -> tuple[str, str]:
 
 def pivot(records: Iterable[dict[str, Any]], metric_type: str = "timestamp",
           statistic: str = "max") -> dict[str, list[Any]]:
-    """Columnar metrics: {metric_type: [...], <metric>: [...], <other index>: [...]}.
+    """Columnar metrics: {metric_type: [...], <other index>: [...], <metric>: [...] ...}.
 
-    Records without the pivot (no iteration number) are left out of an iteration view; a
-    cell no record filled is None.
+    Columns come in one order whatever order the records arrived in: the pivot, the other
+    index (only when some record has it), then the metrics by name. Records without the pivot
+    (no iteration number) are left out of an iteration view; a cell no record filled is None.
     """
     kind, stat = check_view(metric_type, statistic)
     other = "iteration_number" if kind == "timestamp" else "timestamp"
@@ -88,9 +110,11 @@ def pivot(records: Iterable[dict[str, Any]], metric_type: str = "timestamp",
             row[column] = value if row.get(column) is None else better(row[column], value)
     order = sorted(rows)
     table: dict[str, list[Any]] = {kind: order}
-    for column in [*names, other]:
+    has_other = any(row.get(other) is not None for row in rows.values())
+    for column in [*([other] if has_other else []), *sorted(names)]:
         table[column] = [rows[k].get(column) for k in order]
     return table
 
 
-__all__ = ["METRIC_TYPES", "STATISTICS", "check_view", "metric_record", "pivot"]
+__all__ = ["METRIC_TYPES", "STATISTICS", "MetricStatistic", "MetricType", "Statistic",
+           "check_view", "metric_record", "pivot"]

@@ -145,7 +145,9 @@ def _call(spec: ChildSpec) -> None:
 
     with open(spec.call_path, "rb") as fh:
         fn, args, kwargs = cloudpickle.load(fh)
-    value = fn(*args, **kwargs)
+    from qhybrid.runtime import final_result
+
+    value = final_result(fn(*args, **kwargs))
     if spec.return_format == "pickle":
         data = cloudpickle.dumps(value)
     else:

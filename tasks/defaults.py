@@ -108,6 +108,13 @@ DEVICE_RUNS_KEY = KEY_PREFIX + "device:{device}:runs"      # list: task ids in t
 DEVICE_HOLDER_KEY = KEY_PREFIX + "device:{device}:holder"  # string: id of the job holding the device
 DEVICE_WAITING_KEY = KEY_PREFIX + "device:{device}:waiting"  # sorted set: job id -> arrival number
 DEVICE_ARRIVALS_KEY = KEY_PREFIX + "device:arrivals"       # counter: first come, first served
+# Device reservations: a user's window of exclusive use of a device (tasks.reservations).
+RESERVATION_KEY = KEY_PREFIX + "reservation:{res_id}"       # hash: the reservation
+DEVICE_RESERVATIONS_KEY = KEY_PREFIX + "device:{device}:reservations"  # zset: id -> start
+USER_RESERVATIONS_KEY = KEY_PREFIX + "reservations:{user}"  # sorted set: id -> start
+ALL_RESERVATIONS_KEY = KEY_PREFIX + "reservations"          # sorted set: id -> start (admins)
+MAX_RESERVATION_S = 7 * 24 * 3600        # the longest window one reservation may hold
+MAX_RESERVATION_AHEAD_S = 365 * 24 * 3600   # how far ahead a window may start
 QTASK_STATUSES = (QUEUED, RUNNING, DONE, ERROR, CANCELED)
 MAX_QTASK_CIRCUITS_BYTES = 64 * 1024**2     # one quantum task's QPY payload (base64 text)
 QTASK_INLINE_BYTES = 512 * 1024             # payloads and results up to this stay in Redis, else storage

@@ -20,19 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from qhybrid.errors import InvalidInput, PayloadTooLarge, QhybridError
-from qhybrid.hybrid_env import (
-    ENV_CHECKPOINT_DIR,
-    ENV_HYPERPARAMETERS_FILE,
-    ENV_INPUT_DIR,
-    ENV_JOB_DEVICE,
-    ENV_RESULTS_DIR,
-)
-from qhybrid.hybrid_rules import RETURN_HINT, check_checkpoint_file
+from qhybrid.hybrid_rules import RETURN_HINT
 from qhybrid.local_job import link_inputs, unlink_inputs
-from qhybrid.metrics import metric_record
 from storage import keys
 from tasks import defaults as d
-from tasks import metrics
+from tasks import job_helpers, metrics
 from tasks.child import ChildSpec
 from tasks.isolation import open_job_file
 from tasks.supervisor import _THREAD_ENV, Supervisor, clean_env
@@ -50,35 +42,7 @@ class HybridSupervisor(Supervisor):
         self.function_path = self.job_dir / "function.pkl"
         pickled = self.job.get("result_format") == "pickle"
         self.return_path = self.job_dir / ("return.pkl" if pickled else "return.json")
-        self.ops.update({"log_metric": self.op_log_metric,
-                         "save_checkpoint": self.op_save_checkpoint})
         self._links: list[Path] = []
-        self._metrics_full = False
-
-    # --- operations the child may call -----------------------------------------------------
-    def op_log_metric(self, metric_name: Any, value: Any, timestamp: Any = None,
-                      iteration_number: Any = None) -> bool:
-        record = metric_record(metric_name, value, timestamp, iteration_number)
-        if metrics.append(self.registry, self.job_id, record):
-            return True
-        if not self._metrics_full:
-            self._metrics_full = True
-            self.registry.append_log(self.job_id, f"\n[qhybrid: the job logged "
-                                     f"{d.MAX_METRICS_PER_JOB} metrics; later ones are not "
-                                     "recorded]\n")
-        return False
-
-    def op_save_checkpoint(self, file: Any, content: Any) -> bool:
-        check_checkpoint_file(file)
-        if not isinstance(content, str):
-            raise InvalidInput("checkpoint content is JSON text", field="content")
-        data = content.encode()
-        if len(data) > d.MAX_CHECKPOINT_BYTES:
-            raise PayloadTooLarge(f"a checkpoint may be at most {d.MAX_CHECKPOINT_BYTES} bytes; "
-                                  "write bigger state to files in the checkpoint directory "
-                                  "and checkpoint their names", field="checkpoint_data")
-        self.store.put_bytes(keys.job_checkpoints(self.prefix) + file, data)
-        return True
 
     # --- the run ---------------------------------------------------------------------------
     def prepare(self) -> ChildSpec:
@@ -105,6 +69,7 @@ class HybridSupervisor(Supervisor):
             self._fetch_channel(channel, info)
         self.checkpoint_dir.mkdir()
         self._copy_checkpoints()
+        self.input_dir.mkdir(exist_ok=True)
         hyperparameters = self.job_dir / "hyperparameters.json"
         hyperparameters.write_text(json.dumps(self.job.get("hyperparameters") or {}))
         sys_path = self._install_dependencies()
@@ -114,11 +79,9 @@ class HybridSupervisor(Supervisor):
             "QHYBRID_JOB_ID": self.job_id,
             "QHYBRID_JOB_NAME": self.job.get("job_name") or "",
             "QHYBRID_SUPERVISOR_SOCKET": str(self.socket_path),
-            ENV_RESULTS_DIR: str(self.results_dir),
-            ENV_CHECKPOINT_DIR: str(self.checkpoint_dir),
-            ENV_INPUT_DIR: str(self.input_dir),
-            ENV_HYPERPARAMETERS_FILE: str(hyperparameters),
-            ENV_JOB_DEVICE: self.job.get("device") or "",
+            **job_helpers.job_env(self, hyperparameters_file=hyperparameters,
+                                  input_dir=self.input_dir,
+                                  entry_point=self.job.get("entry_point") or ""),
             "PYTHONUNBUFFERED": "1",
             "QISKIT_PARALLEL": "FALSE",
             **{k: threads for k in _THREAD_ENV},
@@ -197,10 +160,6 @@ class HybridSupervisor(Supervisor):
         if status == d.ERROR and error.startswith("InvalidInput: return value"):
             first, _, rest = error.partition("\n")
             error = f"{first}. The function's {RETURN_HINT}\n{rest}"
-        try:
-            metrics.store_and_expire(self.registry, self.store, self.job_id, self.prefix)
-        except Exception as exc:
-            self.registry.append_log(self.job_id, f"\n[qhybrid: storing metrics failed: {exc}]\n")
         super().finish(status, error)
 
     def _store_return_value(self) -> None:

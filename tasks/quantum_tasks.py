@@ -261,7 +261,7 @@ def check_payload(circuits: Any) -> str:
 
 def submit(r: Any, store: ObjectStore, celery: Celery, settings: Settings, *, user: str,
            device: Any, circuits: Any, options: Any, job_id: str | None = None,
-           check_circuits_here: bool = True) -> dict[str, Any]:
+           check_circuits_here: bool = True, reservation_arn: Any = None) -> dict[str, Any]:
     """Check a quantum task completely, record it QUEUED and send it to its device queue.
 
     `check_circuits_here=False` leaves decoding and checking the circuits to the device worker
@@ -272,9 +272,10 @@ def submit(r: Any, store: ObjectStore, celery: Celery, settings: Settings, *, us
     from backends.registry import MAX_SHOTS
     from qhybrid.run_options import validate_run_options
     from tasks.devices import device_spec
-    from tasks.reservations import holder
+    from tasks.reservations import check_task, holder
 
     spec = device_spec(settings, device)
+    check_task(r, spec.name, user, job_id, reservation_arn)   # a reserved device refuses others
     payload = check_payload(circuits)
     if options is None:
         options = {}

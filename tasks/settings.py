@@ -43,6 +43,7 @@ class Settings:
     allow_installs: bool = False       # hybrid jobs may pip-install their `dependencies`
     tar_max_bytes: int = defaults.TAR_MAX_UNPACKED_BYTES   # what one user tar may unpack to
     tar_max_members: int = defaults.TAR_MAX_MEMBERS        # members one user tar may hold
+    admins: frozenset[str] = frozenset()   # users who may reserve devices for other users
 
     @property
     def work_dir(self) -> Path:
@@ -74,6 +75,8 @@ class Settings:
             allow_installs=env.get("QHYBRID_ALLOW_INSTALLS", "0").lower() in ("1", "true", "yes"),
             tar_max_bytes=int(env.get("QHYBRID_TAR_MAX_BYTES") or defaults.TAR_MAX_UNPACKED_BYTES),
             tar_max_members=int(env.get("QHYBRID_TAR_MAX_MEMBERS") or defaults.TAR_MAX_MEMBERS),
+            admins=frozenset(u.strip() for u in env.get("QHYBRID_ADMINS", "").split(",")
+                             if u.strip()),
         )
 
 

@@ -8,6 +8,7 @@ maximum run time, and at the end stores logs, results and `model.tar.gz`.
 from __future__ import annotations
 
 import codecs
+import json
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ from storage import keys
 from storage.store import ObjectStore
 from storage.tarsafe import pack_dir, safe_extract
 from tasks import defaults as d
-from tasks import files, quantum_tasks, sandbox
+from tasks import files, job_helpers, quantum_tasks, sandbox
 from tasks.channel import ChannelServer
 from tasks.child import ChildSpec
 from tasks.distributed import JobTasks
@@ -99,6 +100,8 @@ class Supervisor:
             "job_info": self.op_job_info,
         }
         self.ops.update(files.supervisor_ops(self))   # Client().files() ... inside the job
+        self.ops.update(job_helpers.supervisor_ops(self))   # log_metric, checkpoints
+        self.checkpoint_dir = self.job_dir / "checkpoints"
         self.ops.update(quantum_tasks.channel_ops(self))   # qhybrid.get_backend() inside the job
         self.usage = UsageMeter(registry.r, self.job_id)   # CPU seconds per stage
         self.distributed = JobTasks(self)                  # distribute_task, get, put, map_reduce
@@ -172,13 +175,16 @@ class Supervisor:
         if not entry.is_relative_to(src.resolve()) or not entry.is_file():
             raise InvalidInput(f"entrypoint {self.job['entrypoint']!r} is not in the program")
         threads = str(self.rc.threads())
+        hyperparameters = self.job_dir / "hyperparameters.json"
+        hyperparameters.write_text(json.dumps(job_helpers.hyperparameters_of_arguments(args_file)))
         env = clean_env({
             "QHYBRID_JOB_ID": self.job_id,
             "QHYBRID_JOB_NAME": self.job.get("job_name") or "",
-            "QHYBRID_JOB_DEVICE": self.job.get("device") or "",
             "QHYBRID_SUPERVISOR_SOCKET": str(self.socket_path),
             "QHYBRID_ARGUMENTS_FILE": str(args_file),
-            "QHYBRID_RESULTS_DIR": str(self.results_dir),
+            **job_helpers.job_env(self, hyperparameters_file=hyperparameters,
+                                  input_dir=self.job_dir / "input",
+                                  entry_point=self.job["entrypoint"]),
             "PYTHONUNBUFFERED": "1",
             "QISKIT_PARALLEL": "FALSE",
             **{k: threads for k in _THREAD_ENV},
@@ -278,6 +284,7 @@ class Supervisor:
             return
         if status == INTERRUPTED:
             status = d.ERROR
+        job_helpers.end(self)
         try:
             if self._log is not None:
                 self._log.seek(0)

@@ -106,9 +106,9 @@ def test_guide_example_on_the_service(client: Client, tmp_path: Path) -> None:
     # then the handle comes back at once, named after the function, and the job runs
     assert isinstance(job, HybridJob)
     assert job.name.startswith("run-hybrid-job-") and len(job.name) <= 50
-    assert job.state() in ("QUEUED", "INITIALIZING", "RUNNING", "DONE")
+    assert job.state() in ("QUEUED", "RUNNING", "COMPLETED")
     _check_guide_example(job, tmp_path / "out")
-    assert job.status() == "DONE" and job.queue_position() is None
+    assert job.status() == "DONE" and job.queue_position().queue_position is None
     assert job.raw["device"] == DEVICE
     assert job.hyperparameters() == {"num_tasks": str(NUM_TASKS)}
     # the metrics are stored with the outputs too
@@ -127,9 +127,9 @@ def test_guide_example_in_local_mode(tmp_path: Path, monkeypatch: pytest.MonkeyP
     job = hybrid_job(device=DEVICE, local=True)(run_hybrid_job)(num_tasks=NUM_TASKS)
 
     # then the handle works the same, and ./<job_name>/ holds the job's layout
-    assert isinstance(job, LocalHybridJob) and job.queue_position() is None
+    assert isinstance(job, LocalHybridJob) and job.queue_position().queue_position is None
     _check_guide_example(job, tmp_path / "out")
-    assert job.state() == "DONE"
+    assert job.state() == "COMPLETED" and job.status() == "DONE"
     home = tmp_path / job.name
     assert json.loads((home / "hyperparameters.json").read_text()) == {"num_tasks": "5"}
     with tarfile.open(home / "model.tar.gz") as tar:
@@ -237,7 +237,7 @@ def test_checkpoint_survives_a_kill_and_a_new_job_resumes_from_it(client: Client
 
     # when it is killed
     assert job.cancel()
-    wait_until(lambda: job.state() == "CANCELED", timeout=30)
+    wait_until(lambda: job.state() == "CANCELLED", timeout=30)
 
     # then a new job copies its checkpoints and resumes from them under the old name
     new = hybrid_job(device=None, client=client, copy_checkpoints_from_job=job.name)(resumes)(
@@ -269,10 +269,10 @@ def test_a_job_naming_a_device_waits_while_another_holds_it(client: Client) -> N
     first = hybrid_job(device=DEVICE, client=client)(holds_device)(300)
     wait_until(lambda: "holding" in first.logs(), timeout=60)
     second = hybrid_job(device=DEVICE, client=client)(holds_device)(0)
-    assert second.state() == "QUEUED" and second.queue_position() == 1
+    assert second.state() == "QUEUED" and second.queue_position().queue_position == "1"
     first.cancel()
     assert second.result(timeout=120) == DEVICE
-    assert second.queue_position() is None
+    assert second.queue_position().queue_position is None
 
 
 def test_include_modules_are_pickled_by_value(client: Client, tmp_path: Path,
@@ -339,7 +339,7 @@ def test_hyperparameters_truncation_and_a_50_character_name(
 
     # wait_until_complete streamed the log until the end
     assert "hello from the job" in capsys.readouterr().out
-    assert job.state() == "DONE" and job.name == "h" * 50
+    assert job.state() == "COMPLETED" and job.name == "h" * 50
     seen = job.result()
     assert seen == job.hyperparameters()
     assert set(seen) == {"long", "short", "rest", "mode"}
@@ -384,7 +384,7 @@ def test_a_failed_job_raises_its_error_and_keeps_its_outputs(client: Client,
     with pytest.raises(JobFailed, match="ValueError: boom 42") as err:
         failed.result(timeout=120)
     assert 'raise ValueError(message)' in str(err.value)
-    assert failed.state() == "ERROR" and failed.error_message().startswith("ValueError: boom 42")
+    assert failed.state() == "FAILED" and failed.error_message().startswith("ValueError: boom 42")
 
     # a return value the codec cannot carry fails the job, saying what to return instead
     with pytest.raises(JobFailed, match="cannot encode object of type Opaque") as err:
@@ -506,7 +506,7 @@ def test_local_mode_failure_checkpoints_and_helpers(tmp_path: Path,
     wait_until(lambda: "checkpoint saved" in first.logs(), timeout=60)
     assert first.metrics(metric_type="iteration_number") == {
         "iteration_number": [0], "loss": [0.5], "timestamp": first.metrics()["timestamp"]}
-    assert first.state() == "RUNNING" and first.cancel() and first.state() == "CANCELED"
+    assert first.state() == "RUNNING" and first.cancel() and first.state() == "CANCELLED"
 
     resumed = hybrid_job(device=None, local=True, copy_checkpoints_from_job="first")(resumes)(
         "first")
