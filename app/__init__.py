@@ -66,4 +66,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from app import tasks_api
 
     app.register_blueprint(tasks_api.bp)
+
+    from app import prometheus
+
+    app.register_blueprint(prometheus.bp)
     return app
