@@ -67,7 +67,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(tasks_api.bp)
 
-    from app import prometheus
+    from app import job_views, prometheus
 
     app.register_blueprint(prometheus.bp)
+    app.register_blueprint(job_views.bp)
     return app
