@@ -7,6 +7,7 @@ user's token. Every form is CSRF-protected; the JSON API (bearer tokens, no cook
 from __future__ import annotations
 
 import functools
+import io
 import json
 import time
 from collections.abc import Callable
@@ -145,8 +146,10 @@ def _index(form: dict[str, str], error: QhybridError | None = None) -> str:
 def submit() -> Any:
     """Validate the whole form before anything is stored, then save and run the program."""
     form = {k: request.form.get(k, "") for k in ("title", "entrypoint", "arguments",
-                                                   "resource_class", "device", "max_runtime")}
+                                                   "resource_class", "device", "max_runtime",
+                                                   "pending", "pending_name")}
     try:
+        _keep_source(form)
         job = _submit(form)
     except QhybridError as exc:     # a form field is wrong (415 would blame the multipart body)
         return _index(form, exc), 413 if isinstance(exc, PayloadTooLarge) else 400
@@ -167,12 +170,17 @@ def _submit(form: dict[str, str]) -> dict[str, Any]:
         raise PayloadTooLarge(f"arguments are larger than {d.MAX_ARGUMENTS_BYTES} bytes",
                               field="arguments")
     rc = pick_class(form["resource_class"] or None, svc.classes, field="resource_class")
-    source = request.files.get("source")
-    if source is None or not source.filename:
+    if not form.get("pending"):
         raise InvalidInput("choose a .py file or a tar of the working directory", field="source")
     title = form["title"].strip()
-    jobs.save_program(svc, g.user, title=title, entrypoint=form["entrypoint"].strip() or None,
-                      source=source.stream, filename=source.filename, resources=rc.name)
+    pending = _pending_key(form["pending"])
+    stream = svc.store.open(pending)
+    try:
+        jobs.save_program(svc, g.user, title=title, entrypoint=form["entrypoint"].strip() or None,
+                          source=stream, filename=form["pending_name"], resources=rc.name)
+    finally:
+        stream.close()
+    svc.store.delete_prefix(_pending_key(""))   # this upload and any left by earlier tries
     body: dict[str, Any] = {"arguments": arguments, "resources": rc.name}
     if form.get("device"):
         body["device"] = form["device"]
@@ -183,6 +191,52 @@ def _submit(form: dict[str, str]) -> dict[str, Any]:
             raise InvalidInput("max run time is a whole number of seconds",
                                field="max_runtime") from None
     return jobs.run_program(svc, current_app.extensions["qhybrid.celery"], g.user, title, body)
+
+
+def _pending_key(token: str) -> str:
+    """Where a form's chosen file waits while the form is corrected (the user's own space)."""
+    if token and (len(token) != 32 or any(c not in "0123456789abcdef" for c in token)):
+        raise InvalidInput("the kept file is no longer known: choose it again", field="source")
+    return f"{keys.user_prefix(g.user)}/pending-uploads/{token}"
+
+
+def _keep_source(form: dict[str, str]) -> None:
+    """Store a newly chosen file at once, so a form sent back with an error still has it."""
+    import secrets
+
+    source = request.files.get("source")
+    if source is None or not source.filename:
+        if form.get("pending") and not services().store.exists(_pending_key(form["pending"])):
+            form["pending"] = form["pending_name"] = ""
+        return
+    token = secrets.token_hex(16)
+    svc = services()
+    limit = svc.settings.max_program_bytes
+    try:
+        svc.store.put_stream(_pending_key(token), io.BufferedReader(_Limited(source.stream, limit)))
+    except PayloadTooLarge:
+        svc.store.delete(_pending_key(token))
+        raise
+    form["pending"], form["pending_name"] = token, source.filename[-200:]
+
+
+class _Limited(io.RawIOBase):
+    """A stream that refuses to give more than `limit` bytes (PayloadTooLarge)."""
+
+    def __init__(self, stream: Any, limit: int) -> None:
+        self._stream, self._left, self._limit = stream, limit, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(len(buffer))
+        self._left -= len(data)
+        if self._left < 0:
+            raise PayloadTooLarge(f"the program is larger than {self._limit} bytes",
+                                  field="source")
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def _no_constant(name: str) -> Any:

@@ -94,7 +94,7 @@ def main() -> None:
         p50 = {}
         for events in ("on", "off"):
             out = subprocess.run([sys.executable, __file__, "--jobs", str(args.jobs),
-                                  "--events", events], check=True, capture_output=True,
+                                  "--events", events], check=True, stdout=subprocess.PIPE,
                                  text=True).stdout
             print(out, end="")
             p50[events] = float(out.split(" p50 ", 1)[1].split(" ms", 1)[0])

@@ -189,3 +189,25 @@ def test_job_page_arguments_rerun_downloads_and_readable_results(logged_in, serv
     page.wait_for_selector("#status.s-DONE", timeout=60_000)
     assert '"k": 3' in page.inner_text("#arguments")
     shot(page, "job-rerun")
+
+
+def test_the_form_keeps_the_chosen_file_after_an_error(logged_in, service: RunningService,  # type: ignore[no-untyped-def]
+                                                       tmp_path: Path) -> None:
+    page, client = logged_in()
+    src = tmp_path / "kept.py"
+    src.write_text("from qhybrid import get_arguments, save_result\nsave_result(get_arguments())\n")
+    # when the form comes back with an error in the arguments ...
+    page.set_input_files("#source", str(src))
+    page.fill("#title", "kept")
+    page.fill("#arguments", "{not json")
+    with page.expect_navigation() as nav:
+        page.click("button:text('Run')")
+    assert nav.value.status == 400 and "arguments" in page.inner_text("p.error")
+    assert "kept.py" in page.inner_text("#kept-file")
+    assert client.programs() == []                             # nothing was stored as a program
+    # ... correcting only the arguments runs the file chosen before
+    page.fill("#arguments", '{"a": 1}')
+    with page.expect_navigation():
+        page.click("button:text('Run')")
+    page.wait_for_selector("#status.s-DONE", timeout=60_000)
+    assert '"a": 1' in page.inner_text("#result")
