@@ -75,4 +75,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(reservations.api)
     app.register_blueprint(reservations.pages)
+
+    from app import job_views, prometheus
+
+    app.register_blueprint(prometheus.bp)
+    app.register_blueprint(job_views.bp)
     return app

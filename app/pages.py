@@ -7,6 +7,7 @@ user's token. Every form is CSRF-protected; the JSON API (bearer tokens, no cook
 from __future__ import annotations
 
 import functools
+import io
 import json
 import time
 from collections.abc import Callable
@@ -116,13 +117,29 @@ def index() -> str:
 
 
 def _index(form: dict[str, str], error: QhybridError | None = None) -> str:
+    from app.devices import device_registry
+    from app.job_views import duration_s, human, list_filters
+
     svc = services()
-    page, total = svc.registry.list_jobs(g.user, limit=d.PAGE_JOBS_LISTED)
+    filters = list_filters(request.args)
+    size = d.PAGE_JOBS_LISTED
+    page, total = svc.registry.list_jobs(
+        g.user, status=filters["status"], program=filters["program"],
+        created_after=filters["created_after"], limit=size, offset=(filters["page"] - 1) * size)
     rows = [{"id": j["id"], "program": j.get("program") or j.get("job_name") or "",
+             "kind": j.get("kind") or "program",
              "status": display_status(j["status"], j.get("sub_status")), "state": j["status"],
-             "created": jobs.iso(j.get("created"))} for j in page]
+             "created": jobs.iso(j.get("created")), "duration": human(duration_s(j))}
+            for j in page]
+    args = {k: v for k, v in request.args.items() if k != "page" and v}
     return render_template("index.html", classes=list(svc.classes.values()), form=form,
-                           error=error, jobs=rows, total=total)
+                           error=error, jobs=rows, total=total, filters=filters,
+                           pages=max(1, -(-total // size)), page_args=args,
+                           statuses=d.ALL_STATUSES,
+                           programs=[p["title"] for p in svc.registry.list_programs(g.user)],
+                           devices=device_registry(svc.settings).names(),
+                           max_runtime=svc.settings.server_max_runtime_s,
+                           live=any(j["state"] not in d.TERMINAL_STATUSES for j in rows))
 
 
 @bp.post("/")
@@ -130,8 +147,10 @@ def _index(form: dict[str, str], error: QhybridError | None = None) -> str:
 def submit() -> Any:
     """Validate the whole form before anything is stored, then save and run the program."""
     form = {k: request.form.get(k, "") for k in ("title", "entrypoint", "arguments",
-                                                   "resource_class")}
+                                                   "resource_class", "device", "max_runtime",
+                                                   "pending", "pending_name")}
     try:
+        _keep_source(form)
         job = _submit(form)
     except QhybridError as exc:     # a form field is wrong (415 would blame the multipart body)
         return _index(form, exc), 413 if isinstance(exc, PayloadTooLarge) else 400
@@ -149,14 +168,73 @@ def _submit(form: dict[str, str]) -> dict[str, Any]:
         raise PayloadTooLarge(f"arguments are larger than {d.MAX_ARGUMENTS_BYTES} bytes",
                               field="arguments")
     rc = pick_class(form["resource_class"] or None, svc.classes, field="resource_class")
-    source = request.files.get("source")
-    if source is None or not source.filename:
+    if not form.get("pending"):
         raise InvalidInput("choose a .py file or a tar of the working directory", field="source")
     title = form["title"].strip()
-    jobs.save_program(svc, g.user, title=title, entrypoint=form["entrypoint"].strip() or None,
-                      source=source.stream, filename=source.filename, resources=rc.name)
-    return jobs.run_program(svc, current_app.extensions["qhybrid.celery"], g.user, title,
-                            {"arguments": arguments, "resources": rc.name})
+    pending = _pending_key(form["pending"])
+    stream = svc.store.open(pending)
+    try:
+        jobs.save_program(svc, g.user, title=title, entrypoint=form["entrypoint"].strip() or None,
+                          source=stream, filename=form["pending_name"], resources=rc.name)
+    finally:
+        stream.close()
+    svc.store.delete_prefix(_pending_key(""))   # this upload and any left by earlier tries
+    body: dict[str, Any] = {"arguments": arguments, "resources": rc.name}
+    if form.get("device"):
+        body["device"] = form["device"]
+    if form.get("max_runtime", "").strip():
+        try:
+            body["max_runtime"] = int(form["max_runtime"])
+        except ValueError:
+            raise InvalidInput("max run time is a whole number of seconds",
+                               field="max_runtime") from None
+    return jobs.run_program(svc, current_app.extensions["qhybrid.celery"], g.user, title, body)
+
+
+def _pending_key(token: str) -> str:
+    """Where a form's chosen file waits while the form is corrected (the user's own space)."""
+    if token and (len(token) != 32 or any(c not in "0123456789abcdef" for c in token)):
+        raise InvalidInput("the kept file is no longer known: choose it again", field="source")
+    return f"{keys.user_prefix(g.user)}/pending-uploads/{token}"
+
+
+def _keep_source(form: dict[str, str]) -> None:
+    """Store a newly chosen file at once, so a form sent back with an error still has it."""
+    import secrets
+
+    source = request.files.get("source")
+    if source is None or not source.filename:
+        if form.get("pending") and not services().store.exists(_pending_key(form["pending"])):
+            form["pending"] = form["pending_name"] = ""
+        return
+    token = secrets.token_hex(16)
+    svc = services()
+    limit = svc.settings.max_program_bytes
+    try:
+        svc.store.put_stream(_pending_key(token), io.BufferedReader(_Limited(source.stream, limit)))
+    except PayloadTooLarge:
+        svc.store.delete(_pending_key(token))
+        raise
+    form["pending"], form["pending_name"] = token, source.filename[-200:]
+
+
+class _Limited(io.RawIOBase):
+    """A stream that refuses to give more than `limit` bytes (PayloadTooLarge)."""
+
+    def __init__(self, stream: Any, limit: int) -> None:
+        self._stream, self._left, self._limit = stream, limit, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(len(buffer))
+        self._left -= len(data)
+        if self._left < 0:
+            raise PayloadTooLarge(f"the program is larger than {self._limit} bytes",
+                                  field="source")
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def _no_constant(name: str) -> Any:
@@ -174,17 +252,28 @@ def job(job_id: str) -> str:
     cut = len(logs) - d.PAGE_LOG_CHARS
     if cut > 0:
         logs = f"[... the first {cut} characters are left out ...]\n" + logs[cut:]
+    from app import job_views
+
     result, result_cut = None, False
+    drawings: list[tuple[str, str]] = []
     if rec["status"] == d.DONE and info["has_result"]:
         result = jobs.result_text(svc, rec)
         result_cut = len(result) > d.PAGE_RESULT_CHARS
-        result = result[:d.PAGE_RESULT_CHARS] if result_cut else \
-            json.dumps(json.loads(result), indent=2)
+        if result_cut:
+            result = result[:d.PAGE_RESULT_CHARS]
+        else:
+            result, drawings = job_views.readable(result)
     has_model = rec["status"] in d.TERMINAL_STATUSES and \
         svc.store.exists(keys.job_model(rec["prefix"]))
+    hybrid = job_views.hybrid_context(svc, rec) if rec.get("kind") == "hybrid" else None
     return render_template("job.html", job=info, logs=logs, offset=offset, result=result,
-                           result_cut=result_cut, has_model=has_model,
-                           terminal=rec["status"] in d.TERMINAL_STATUSES)
+                           result_cut=result_cut, has_model=has_model, drawings=drawings,
+                           terminal=rec["status"] in d.TERMINAL_STATUSES, hybrid=hybrid,
+                           arguments=job_views.job_arguments(svc, rec) if rec.get("program")
+                           else None,
+                           quantum_tasks=job_views.quantum_tasks(svc, job_id),
+                           duration=job_views.human(job_views.duration_s(rec)),
+                           has_metrics=hybrid is not None)
 
 
 @bp.get("/jobs/<job_id>/state")

@@ -143,6 +143,9 @@ class Service:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     argv: dict[str, list[str]] = field(default_factory=dict)
     log_dir: Path | None = None
+    # One job worker and one task worker consume every class's queues (the supervisor applies
+    # each job's own class limits): what one small host can serve, with every class answered.
+    shared_workers: bool = False
 
     @property
     def url(self) -> str:
@@ -173,9 +176,18 @@ class Service:
         self._spawn("web", web_command(self.host, self.port))
 
     def start_workers(self) -> None:
+        if self.shared_workers and len(self.classes) > 1:
+            joined = ",".join(self.classes)
+            self._spawn("worker-jobs", worker_command(joined))
+            self._spawn("worker-tasks", task_worker_command(joined))
+            return
         for cls in self.classes:
             self._spawn(f"worker-{cls}", worker_command(cls))
             self._spawn(f"worker-tasks-{cls}", task_worker_command(cls))
+
+    def _has_task_worker(self, cls: str) -> bool:
+        return f"worker-tasks-{cls}" in self.procs or \
+            (self.shared_workers and "worker-tasks" in self.procs)
 
     def start_device_workers(self) -> None:
         """One device worker consuming every configured device's queue (tasks.devices)."""
@@ -193,7 +205,7 @@ class Service:
         deadline = time.monotonic() + timeout
         last: dict[str, object] = {}
         expected = [jobs_queue(c) for c in self.classes] + self._device_queues()
-        expected += [tasks_queue(c) for c in self.classes if f"worker-tasks-{c}" in self.procs]
+        expected += [tasks_queue(c) for c in self.classes if self._has_task_worker(c)]
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
@@ -252,7 +264,7 @@ def web_command(host: str, port: int | str) -> list[str]:
 
 
 def worker_command(resource_class: str) -> list[str]:
-    """The worker for a class's whole jobs (`jobs.<class>`)."""
+    """The worker for a class's whole jobs (`jobs.<class>`; several classes comma-separated)."""
     return [sys.executable, "-m", "tasks.worker", "jobs", resource_class]
 
 
@@ -293,14 +305,17 @@ def procfile(classes: list[str] | None = None) -> str:
         entries[f"tasks-{cls}"] = task_worker_command(cls)
     entries["devices"] = device_worker_command()
 
+    python = procfile_python()
+
     def line(argv: list[str]) -> str:
-        argv = ["python", *argv[1:]] if argv[0] == sys.executable else argv
+        argv = [python, *argv[1:]] if argv[0] == sys.executable else argv
         # keep ${VAR:-default} for the runner's shell to expand
         return " ".join(a if a.startswith("${") or "${" in a else shlex.quote(a) for a in argv)
 
     header = ("# Every long-running process of qhybrid (`qhybrid procfile` writes this file).\n"
               "# All hosts share QHYBRID_REDIS_URL and QHYBRID_STORAGE_URL; run web on one host\n"
-              "# and the workers you want on each.\n")
+              "# and the workers you want on each. QHYBRID_PYTHON: the interpreter qhybrid is\n"
+              "# installed in, if not the one named here.\n")
     return header + "".join(f"{name}: {line(argv)}\n" for name, argv in entries.items())
 
 
@@ -315,6 +330,17 @@ def check_sandbox(env: dict[str, str]) -> str:
         raise SystemExit(f"qhybrid up: user code cannot be sandboxed on this host: {exc}") from None
     finally:
         sandbox.shutdown()
+
+
+def procfile_python() -> str:
+    """The interpreter a Procfile line starts: this one, so a runner from another environment
+    (honcho installed with pipx ...) still finds gunicorn and celery. Inside the project's own
+    `.venv` it is named relative to the project, so the committed Procfile fits every checkout;
+    `${QHYBRID_PYTHON:-...}` lets a host name its own."""
+    exe = Path(sys.executable).absolute()
+    venv = Path(__file__).resolve().parent.parent / ".venv"
+    default = f".venv/bin/{exe.name}" if exe.parent.parent == venv else str(exe)
+    return "${QHYBRID_PYTHON:-" + default + "}"
 
 
 def ensure_local_user(settings: Settings, url: str) -> str:
@@ -332,8 +358,13 @@ def ensure_local_user(settings: Settings, url: str) -> str:
 
 
 def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
-       classes: list[str] | None = None, log=print) -> None:  # type: ignore[assignment]
-    """Run the whole service until Ctrl-C; then stop every process it started."""
+       classes: list[str] | None = None, log=print,  # type: ignore[assignment]
+       worker_per_class: bool = False) -> None:
+    """Run the whole service until Ctrl-C; then stop every process it started.
+
+    By default one job worker and one task worker serve every class (a small host cannot run
+    a worker per class usefully); `worker_per_class` starts one of each per class instead.
+    """
     set_retry_window(WEB_REDIS_RETRY_S)     # its own few Redis calls: no long waits
     env = dict(os.environ)
     if data_dir is not None:
@@ -352,7 +383,8 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
             stopping = True
             raise KeyboardInterrupt
 
-    service = Service(host=host, port=port, env=env, classes=[], log_dir=settings.data_dir / "logs")
+    service = Service(host=host, port=port, env=env, classes=[], log_dir=settings.data_dir / "logs",
+                      shared_workers=not worker_per_class)
     # Both installed explicitly: a process started with SIGINT ignored (nohup, `cmd &` in a
     # script, a Procfile runner) gets no KeyboardInterrupt from Python, and would keep running.
     # A signal during start-up interrupts it too. The processes started below begin with the
@@ -369,13 +401,23 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
         service.start_workers()
         service.start_device_workers()
         service.wait_ready(timeout=120)
+        from tasks.celery_app import root_notice
+
         log(f"qhybrid is up at {service.url}")
         log(f"  token of user '{LOCAL_USER}': {token}  (written to {config.config_path()})")
         log(f"  data: {settings.data_dir}   storage: {settings.storage_url}")
         log(f"  user code: {sandboxing}")
         log(f"  workers: {', '.join(jobs_queue(c) for c in service.classes)}, "
-            f"{', '.join(tasks_queue(c) for c in service.classes)}, device.*"
-            "   Ctrl-C stops it")
+            f"{', '.join(tasks_queue(c) for c in service.classes)}, device.*")
+        notice = root_notice(env)
+        if notice:
+            log(f"  note: {notice}")
+        log("next:")
+        log(f"  open {service.url}/ and log in with the token above, or from Python:")
+        log("    from qhybrid import Client; client = Client()   # finds this service")
+        log("  or: qhybrid run ./my_program --entrypoint main.py --arg n=3;  qhybrid jobs")
+        log(f"  Flower: qhybrid flower;  Prometheus: {service.url}/metrics")
+        log("Ctrl-C stops it")
         restarts: list[float] = []
         while not stopping:
             if redis_proc is not None:

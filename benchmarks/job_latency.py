@@ -1,10 +1,11 @@
 """Submit-to-result latency of trivial program jobs, beside a bare Celery round trip.
 
-    python benchmarks/job_latency.py [--jobs 200] [--url URL --token TOKEN]
+    python benchmarks/job_latency.py [--jobs 200] [--events on|off|both] [--url URL --token TOKEN]
 
 Without --url it starts a throw-away service (embedded Redis, local storage, one `small`
-worker). The baseline is `delay().get()` of a no-op task through the same Redis.
-Goal: p50 at most 100 ms.
+worker), with Celery task events and heartbeats on (the default, for Flower), off, or both in
+turn (what events cost). The baseline is `delay().get()` of a no-op task through the same
+Redis. Goal: p50 at most 100 ms.
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ def measure_bare(redis_url: str, n: int) -> list[float]:
     return times
 
 
-def report(jobs: list[float], bare: list[float]) -> None:
+def report(jobs: list[float], bare: list[float], label: str = "") -> None:
     ms = 1000.0
-    print(f"trivial job submit-to-result over {len(jobs)} jobs: "
+    print(f"trivial job submit-to-result{label} over {len(jobs)} jobs: "
           f"p50 {percentile(jobs, 0.5) * ms:.1f} ms, p95 {percentile(jobs, 0.95) * ms:.1f} ms, "
           f"mean {statistics.mean(jobs) * ms:.1f} ms")
     print(f"baseline bare Celery delay().get() over {len(bare)} round trips: "
@@ -75,6 +76,8 @@ def main() -> None:
     parser.add_argument("--url")
     parser.add_argument("--token")
     parser.add_argument("--redis-url", help="Redis of the running service, for the baseline")
+    parser.add_argument("--events", choices=["on", "off", "both"], default="both",
+                        help="Celery task events of the throw-away service")
     args = parser.parse_args()
     if args.url:
         jobs = measure_jobs(Client(url=args.url, token=args.token), args.jobs)
@@ -84,10 +87,24 @@ def main() -> None:
         return
     from benchmarks.harness import running_service
 
-    with running_service(["small"]) as (service, redis_url, token):
+    if args.events == "both":
+        # each in its own process: the baseline's Celery app keeps its first Redis
+        import subprocess
+
+        p50 = {}
+        for events in ("on", "off"):
+            out = subprocess.run([sys.executable, __file__, "--jobs", str(args.jobs),
+                                  "--events", events], check=True, stdout=subprocess.PIPE,
+                                 text=True).stdout
+            print(out, end="")
+            p50[events] = float(out.split(" p50 ", 1)[1].split(" ms", 1)[0])
+        print(f"task events cost {p50['on'] - p50['off']:+.1f} ms at p50")
+        return
+    env = {"QHYBRID_TASK_EVENTS": "1" if args.events == "on" else "0"}
+    with running_service(["small"], extra_env=env) as (service, redis_url, token):
         jobs = measure_jobs(Client(url=service.url, token=token), args.jobs)
         bare = measure_bare(redis_url, args.jobs)
-    report(jobs, bare)
+    report(jobs, bare, f" (task events {args.events})")
 
 
 if __name__ == "__main__":

@@ -6,10 +6,16 @@ from pathlib import Path
 
 import click
 
+from qhybrid import cli_jobs
+
 
 @click.group()
+@click.version_option(package_name="qhybrid", prog_name="qhybrid")
 def main() -> None:
     """qhybrid: hybrid quantum-classical jobs on your own machines."""
+
+
+cli_jobs.register(main)
 
 
 @main.command()
@@ -19,12 +25,16 @@ def main() -> None:
               help="where Redis, local storage and logs live [default: ~/.local/share/qhybrid]")
 @click.option("--classes", default="", help="comma-separated resource classes to start workers "
               "for [default: all configured]")
-def up(host: str, port: int, data_dir: Path | None, classes: str) -> None:
+@click.option("--worker-per-class", is_flag=True,
+              help="a job and a task worker per class, not one of each serving every class")
+def up(host: str, port: int, data_dir: Path | None, classes: str,
+       worker_per_class: bool) -> None:
     """Run the whole service (Redis, storage, web, workers) until Ctrl-C."""
     from app.service import up as run_up
 
     run_up(host=host, port=port, data_dir=data_dir,
-           classes=[c for c in classes.split(",") if c] or None, log=click.echo)
+           classes=[c for c in classes.split(",") if c] or None, log=click.echo,
+           worker_per_class=worker_per_class)
 
 
 @main.command("procfile")
@@ -33,6 +43,28 @@ def procfile_command() -> None:
     from app.service import procfile
 
     click.echo(procfile(), nl=False)
+
+
+@main.command("flower", context_settings={"ignore_unknown_options": True})
+@click.option("--port", default=5555, show_default=True, type=int)
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Flower has no login of its own: keep it on a private address")
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower_command(port: int, address: str, flower_args: tuple[str, ...]) -> None:
+    """Run Flower (the Celery monitor) on this service's Celery app: workers, tasks, queues.
+
+    It finds the Redis of `qhybrid up` on this machine, or QHYBRID_REDIS_URL. Needs the
+    `monitor` extra (flower). Further arguments go to Flower (`--basic-auth=user:pass` ...).
+    """
+    import importlib.util
+    import os
+    import sys
+
+    if importlib.util.find_spec("flower") is None:
+        raise click.ClickException("Flower is not installed: pip install 'qhybrid[monitor]'")
+    argv = [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "flower",
+            f"--port={port}", f"--address={address}", *flower_args]
+    os.execv(argv[0], argv)
 
 
 @main.group()
@@ -78,11 +110,17 @@ def _files_call(call, *args, **kwargs):  # type: ignore[no-untyped-def]
 @files.command("list")
 @_function_option
 @click.option("-l", "--long", "long_", is_flag=True, help="show sizes and times")
-def files_list(function: str | None, long_: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print JSON (names, sizes, times)")
+def files_list(function: str | None, long_: bool, as_json: bool) -> None:
     """List your files."""
     from qhybrid.client import Client
 
     client = Client()
+    if as_json:
+        import json
+
+        click.echo(json.dumps(_files_call(client.file_details, function), indent=2))
+        return
     if not long_:
         for name in _files_call(client.files, function):
             click.echo(name)

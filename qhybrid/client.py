@@ -19,6 +19,7 @@ from qhybrid.errors import (
     JobCanceled,
     JobFailed,
     QhybridError,
+    ServiceUnreachable,
     Timeout,
     error_from_problem,
 )
@@ -51,8 +52,11 @@ class Client(FilesMixin):
     # --- transport -------------------------------------------------------------------------
     def request(self, method: str, path: str, *, timeout: float | None = None,
                 ok: tuple[int, ...] = (200, 201), **kwargs: Any) -> requests.Response:
-        resp = self.session.request(method, f"{self.url}/api/v1{path}",
-                                    timeout=timeout or self.timeout, **kwargs)
+        try:
+            resp = self.session.request(method, f"{self.url}/api/v1{path}",
+                                        timeout=timeout or self.timeout, **kwargs)
+        except requests.ConnectionError:
+            raise ServiceUnreachable(unreachable_message(self.url)) from None
         if resp.status_code not in ok:
             raise _error(resp)
         return resp
@@ -253,6 +257,10 @@ class Job(SubStatus):
             for chunk in resp.iter_content(1024 * 1024):
                 fh.write(chunk)
         return target
+
+
+def unreachable_message(url: str) -> str:
+    return f"no qhybrid service at {url} — start one with `qhybrid up`"
 
 
 def _pack(working_dir: Path, archive: Path) -> None:

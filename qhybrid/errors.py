@@ -79,6 +79,12 @@ class ServiceUnavailable(QhybridError):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
 
 
+class ServiceUnreachable(ServiceUnavailable):
+    """No qhybrid service answers at the client's URL (nothing listens, or it is not HTTP)."""
+
+    slug, title = "service-unreachable", "No qhybrid service answers"
+
+
 class JobFailed(QhybridError):
     """A job ended in ERROR; the message holds the exception and the traceback's last lines."""
 

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+
 from celery import Celery
 
 from tasks import defaults
 from tasks.settings import Settings
+
+# Celery warns a worker running as root because a root worker that accepted pickle would run
+# any code a message carries. Ours accept JSON only (below; make_celery refuses anything else),
+# and they run as root on purpose: the supervisor needs it to start each job's code as the
+# unprivileged QHYBRID_JOB_USER. `root_notice` says in one line what still holds.
+ROOT_WARNING = r"You're running the worker with superuser privileges"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -32,13 +41,33 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry=True,
         broker_connection_max_retries=None,
         result_backend_always_retry=True,
-        worker_send_task_events=False,
+        # Task events (and, on the worker command line, heartbeats) let Flower and
+        # `celery events` see workers and tasks; QHYBRID_TASK_EVENTS=0 turns them off.
+        # benchmarks/job_latency.py --events measures what they cost a job's latency.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         task_track_started=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
+    if os.geteuid() == 0:
+        if set(app.conf.accept_content) != {"json"}:
+            raise RuntimeError("workers run as root accept JSON messages only")
+        warnings.filterwarnings("ignore", message=ROOT_WARNING)
     app.autodiscover_tasks(["tasks"], related_name="jobs", force=True)
     app.autodiscover_tasks(["tasks"], related_name="distributed", force=True)
     return app
+
+
+def root_notice(env: dict[str, str] | os._Environ[str] | None = None) -> str | None:
+    """One line for an operator running the workers as root (None when they are not)."""
+    if os.geteuid() != 0:
+        return None
+    account = (os.environ if env is None else env).get("QHYBRID_JOB_USER", "")
+    if account:
+        return (f"workers run as root to start each job's code as {account!r}; they accept "
+                "JSON messages only")
+    return ("workers run as root and so does user code: set QHYBRID_JOB_USER=nobody (or "
+            "another unprivileged account) to run it as that account")
 
 
 app = make_celery(Settings.from_env())

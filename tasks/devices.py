@@ -167,12 +167,13 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 
 def worker_argv(devices: Sequence[str], concurrency: int, name: str) -> list[str]:
     """The `celery worker` command line of a device worker for `devices`."""
+    from tasks.worker import event_flags
+
     return [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker",
             "--queues", ",".join(device_queue(device) for device in devices),
             "--include", "tasks.devices", "--hostname", f"{name}@%h",
             "--pool", "prefork", "--concurrency", str(concurrency),
-            "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
-            "--without-heartbeat"]
+            "--loglevel", "WARNING", "--without-gossip", "--without-mingle", *event_flags()]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -119,6 +119,9 @@ def requeue_job(services: Services, celery: Celery, job_id: str, reason: str) ->
     elif attempt < d.MAX_ATTEMPTS:
         if reg.transition(job_id, d.QUEUED, allowed=list(d.ACTIVE_STATUSES),
                           attempt=attempt + 1, detail=f"{reason}; running the job again"):
+            # the next attempt writes to the same log: mark where it starts
+            reg.append_log(job_id, f"\n----- attempt {attempt + 1} ({reason}; the job runs "
+                                   f"again from the start) -----\n")
             enqueue_job(celery, reg, job_id, attempt + 1, job["resource_class"])
     else:
         reg.transition(job_id, d.ERROR, allowed=list(d.ACTIVE_STATUSES), ended=time.time(),

@@ -133,6 +133,9 @@ class QuantumTasks:
             raise NotFound(f"no quantum task {rec['id']!r}")
         if moved:
             self.r.publish(d.QTASK_CHANGED_CHANNEL.format(task_id=rec["id"]), to)
+            from tasks import monitoring
+
+            monitoring.quantum_task_transition(self.r, device, to)
         return bool(moved)
 
     def run_order(self, device: str) -> list[str]:

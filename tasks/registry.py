@@ -143,6 +143,9 @@ class Registry:
         if record.get("job_name"):
             pipe.set(d.JOB_NAME_KEY.format(user=record["user"], name=record["job_name"]), job_id)
         pipe.execute()
+        from tasks import monitoring
+
+        monitoring.job_transition(self.r, job_id, d.QUEUED)
         return record
 
     def get_job(self, job_id: str, user: str | None = None) -> dict[str, Any]:
@@ -188,6 +191,9 @@ class Registry:
             raise NotFound(f"no job {job_id!r}")
         if moved:
             self.publish(job_id, "status")
+            from tasks import monitoring
+
+            monitoring.job_transition(self.r, job_id, to)
             if to in d.TERMINAL_STATUSES:
                 # However a job ends, its device goes to the next job and its queued quantum
                 # tasks are canceled (tasks.reservations; never raises).

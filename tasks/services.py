@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import cast
 
 from storage.store import ObjectStore, open_store
 from tasks.redis_client import connect, connect_raw
@@ -21,10 +22,16 @@ class Services:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
+        from storage.counting import ErrorCountingStore
+        from tasks import monitoring
+
+        registry = Registry(connect(settings.redis_url), connect_raw(settings.redis_url))
+        store = ErrorCountingStore(open_store(settings.storage_url, settings.s3_endpoint_url),
+                                   lambda op: monitoring.storage_error(registry.r, op))
         return cls(
             settings=settings,
-            registry=Registry(connect(settings.redis_url), connect_raw(settings.redis_url)),
-            store=open_store(settings.storage_url, settings.s3_endpoint_url),
+            registry=registry,
+            store=cast(ObjectStore, store),     # every call passes through; failures counted
             classes=load_classes(settings.resource_classes_path),
         )
 

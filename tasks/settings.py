@@ -44,6 +44,7 @@ class Settings:
     tar_max_bytes: int = defaults.TAR_MAX_UNPACKED_BYTES   # what one user tar may unpack to
     tar_max_members: int = defaults.TAR_MAX_MEMBERS        # members one user tar may hold
     admins: frozenset[str] = frozenset()   # users who may reserve devices for other users
+    task_events: bool = True           # Celery task events and worker heartbeats (Flower)
 
     @property
     def work_dir(self) -> Path:
@@ -77,6 +78,7 @@ class Settings:
             tar_max_members=int(env.get("QHYBRID_TAR_MAX_MEMBERS") or defaults.TAR_MAX_MEMBERS),
             admins=frozenset(u.strip() for u in env.get("QHYBRID_ADMINS", "").split(",")
                              if u.strip()),
+            task_events=env.get("QHYBRID_TASK_EVENTS", "1").lower() not in ("0", "false", "no"),
         )
 
 

@@ -1,7 +1,10 @@
-"""`python -m tasks.worker jobs|tasks CLASS`: a Celery worker for one resource class.
+"""`python -m tasks.worker jobs|tasks CLASS[,CLASS...]`: a Celery worker for resource classes.
 
 Its concurrency is worked out on the host it starts on (the class's `concurrency`, else
-the host's cores divided by the class's cpu), so one command line serves every host.
+the host's cores divided by the class's cpu), so one command line serves every host. One
+worker may consume several classes' queues (what `qhybrid up` does on one small host): the
+supervisor applies each job's own class limits, and the worker runs as many at once as the
+smallest of its classes allows.
 """
 
 from __future__ import annotations
@@ -18,13 +21,26 @@ from tasks.settings import Settings
 
 def worker_argv(kind: str, resource_class: str, concurrency: int,
                 name: str | None = None) -> list[str]:
-    queue = jobs_queue(resource_class) if kind == "jobs" else tasks_queue(resource_class)
+    """`resource_class` is one class or several, comma-separated."""
+    classes = [c for c in resource_class.split(",") if c]
+    queue_of = jobs_queue if kind == "jobs" else tasks_queue
     # jobs workers keep the bare class name as node name: `small@host` consumes jobs.small
-    node = name or (resource_class if kind == "jobs" else f"tasks-{resource_class}")
+    joined = "-".join(classes)
+    node = name or (joined if kind == "jobs" else f"tasks-{joined}")
     return [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker",
-            "--queues", queue, "--hostname", f"{node}@%h", "--pool", "threads",
-            "--concurrency", str(concurrency), "--loglevel", "WARNING",
-            "--without-gossip", "--without-mingle", "--without-heartbeat"]
+            "--queues", ",".join(queue_of(c) for c in classes), "--hostname", f"{node}@%h",
+            "--pool", "threads", "--concurrency", str(concurrency), "--loglevel", "WARNING",
+            "--without-gossip", "--without-mingle", *event_flags()]
+
+
+def event_flags() -> list[str]:
+    """With task events on (Flower, `celery events`), workers also send heartbeats, so
+    monitors see them online; without, neither."""
+    return ["--task-events"] if settings_events() else ["--without-heartbeat"]
+
+
+def settings_events() -> bool:
+    return Settings.from_env().task_events
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -32,17 +48,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                                      description="Run a worker for one resource class.")
     parser.add_argument("kind", choices=["jobs", "tasks"],
                         help="whole jobs (jobs.<class>) or distributed tasks (tasks.<class>)")
-    parser.add_argument("resource_class")
+    parser.add_argument("resource_class", help="a class, or several comma-separated")
     parser.add_argument("--concurrency", type=int, default=0,
                         help="jobs or tasks run at once [default: worked out for this host]")
     parser.add_argument("--name", default=None,
                         help="Celery node name, when a host runs several [default: the class]")
     args = parser.parse_args(argv)
     classes = load_classes(Settings.from_env().resource_classes_path)
-    if args.resource_class not in classes:
-        parser.error(f"unknown resource class {args.resource_class!r}; classes: "
+    wanted = [c for c in args.resource_class.split(",") if c]
+    unknown = [c for c in wanted if c not in classes]
+    if unknown or not wanted:
+        parser.error(f"unknown resource class {','.join(unknown)!r}; classes: "
                      f"{', '.join(classes)}")
-    slots = args.concurrency or classes[args.resource_class].slots()
+    slots = args.concurrency or max(classes[c].slots() for c in wanted)
     command = worker_argv(args.kind, args.resource_class, slots, args.name)
     os.execv(command[0], command)
 

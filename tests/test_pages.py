@@ -226,6 +226,10 @@ def test_a_running_program_is_canceled_with_the_button(logged_in: Callable,
     page, client = logged_in()
     assert submit(page, program(tmp_path, SLEEPER), "sleeper") == 200
     expect(page.locator("#logs")).to_contain_text("started, sleeping", timeout=JOB_TIMEOUT_MS)
+    page.once("dialog", lambda dialog: dialog.dismiss())      # "Cancel job sleeper?" - no
+    page.click("button:text('Cancel')")
+    assert client.job(job_id_of(page)).status() == "RUNNING"
+    page.once("dialog", lambda dialog: dialog.accept())       # yes
     page.click("button:text('Cancel')")
     expect(page.locator("#status")).to_have_text("CANCELED", timeout=JOB_TIMEOUT_MS)
     assert client.job(job_id_of(page)).status() == "CANCELED"

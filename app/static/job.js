@@ -14,13 +14,21 @@
     events.replaceChildren(...list.map(function (e) {
       const row = document.createElement("tr");
       const text = [e.at, e.status + (e.sub_status ? ": " + e.sub_status : ""), e.detail || ""];
-      text.forEach(function (t) {
+      text.forEach(function (t, i) {
         const cell = document.createElement("td");
-        cell.textContent = t;
+        if (i === 0) {
+          const when = document.createElement("time");
+          when.setAttribute("datetime", t);
+          when.textContent = t;
+          cell.appendChild(when);
+        } else {
+          cell.textContent = t;
+        }
         row.appendChild(cell);
       });
       return row;
     }));
+    if (window.qhLocalize) window.qhLocalize(events);
   }
 
   async function poll() {
