@@ -81,7 +81,7 @@ class Supervisor:
     def __init__(self, job: dict[str, Any], registry: Registry, store: ObjectStore,
                  settings: Settings, resource_class: ResourceClass, worker: str,
                  cpus: list[int] | None = None, stopping: threading.Event | None = None,
-                 requeue: Callable[[str], None] | None = None) -> None:
+                 requeue: Callable[[str], object] | None = None) -> None:
         self.job = job
         # Set when the worker shuts down: the child is stopped and the job handed to `requeue`
         # (run again elsewhere) instead of ending in ERROR.
@@ -290,12 +290,17 @@ class Supervisor:
         if self._log is not None:
             self._log.close()
         fields: dict[str, Any] = {"ended": time.time(), "error": error[-20000:] if error else ""}
+        # only this attempt's end: a supervisor judged lost (its job run again elsewhere)
+        # must not end the newer attempt
+        attempt = ("attempt", str(self.job.get("attempt") or 1))
         moved = self.registry.transition(self.job_id, status,
                                          allowed=[d.INITIALIZING, d.RUNNING, d.CANCELING],
+                                         require=attempt,
                                          detail=error.splitlines()[0] if error else None, **fields)
         if not moved and status != d.CANCELED:
             # a cancel raced with the end: the cancel wins, as the user asked for it
-            self.registry.transition(self.job_id, d.CANCELED, allowed=[d.CANCELING], **fields)
+            self.registry.transition(self.job_id, d.CANCELED, allowed=[d.CANCELING],
+                                     require=attempt, **fields)
         self.registry.expire_log(self.job_id)
         shutil.rmtree(self.job_dir, ignore_errors=True)
         shutil.rmtree(self._socket_dir, ignore_errors=True)
