@@ -1013,7 +1013,10 @@ class TaskWorker:
         healthy = True
         session: TaskSession | None = None
         try:
-            job = self.job(rec["job"])
+            # the attempt the task belongs to (claimed only if still the job's current one),
+            # never the cached record's: a job run again must not reuse its old code and
+            # executors
+            job = {**self.job(rec["job"]), "attempt": rec.get("attempt") or "1"}
             rc = self.env.classes.get(rec["class"])
             if rc is None:
                 raise QhybridError(f"resource class {rec['class']!r} is not configured here")

@@ -87,6 +87,7 @@ class Supervisor:
         # (run again elsewhere) instead of ending in ERROR.
         self.stopping = stopping
         self.requeue = requeue
+        self._beating_done = threading.Event()   # set when the job is no longer ours
         self.job_id: str = job["id"]
         self.registry = registry
         self.store = store
@@ -144,6 +145,10 @@ class Supervisor:
     # --- the run ---------------------------------------------------------------------------
     def run(self) -> None:
         self.registry.heartbeat(self.job_id, self.worker)
+        # Beats from its own thread for as long as this supervisor has the job: fetching
+        # inputs or starting the child can take longer than the heartbeat's lifetime on a
+        # loaded host, and a reaper elsewhere would take the job for lost.
+        threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
         status, error = d.ERROR, ""
         channel = None
         try:
@@ -264,10 +269,18 @@ class Supervisor:
                 text += "\n[qhybrid: live log truncated; the full log is stored with the job]\n"
             self.registry.append_log(self.job_id, text)
 
+    def _beat(self) -> None:
+        while not self._beating_done.wait(d.HEARTBEAT_INTERVAL_S):
+            try:
+                self.registry.heartbeat(self.job_id, self.worker)
+            except Exception:   # Redis away for a moment: the next beat tries again
+                pass
+
     def finish(self, status: str, error: str) -> None:
         """Store logs and outputs, then record the final status (in that order)."""
         self.end_tasks(status)
         if status == INTERRUPTED and self.requeue is not None:
+            self._beating_done.set()
             self.requeue(error)
             shutil.rmtree(self.job_dir, ignore_errors=True)
             shutil.rmtree(self._socket_dir, ignore_errors=True)
@@ -290,6 +303,7 @@ class Supervisor:
         if self._log is not None:
             self._log.close()
         fields: dict[str, Any] = {"ended": time.time(), "error": error[-20000:] if error else ""}
+        self._beating_done.set()
         # only this attempt's end: a supervisor judged lost (its job run again elsewhere)
         # must not end the newer attempt
         attempt = ("attempt", str(self.job.get("attempt") or 1))
