@@ -3,46 +3,48 @@
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
+from tasks import defaults as d
 from tasks.celery_app import make_celery
 from tasks.defaults import WEB_REDIS_RETRY_S
 from tasks.isolation import make_undumpable
 from tasks.redis_client import set_retry_window
 from tasks.services import Services
-from tasks.settings import Settings
+from tasks.settings import Settings, require_shared
 
 
-def _secret_key(settings: Settings) -> str:
-    """The session-signing key: configured, else kept in the data directory."""
+def _secret_key(settings: Settings, services: Services) -> str:
+    """The session-signing key: QHYBRID_SECRET_KEY, else one kept in the shared Redis, made
+    once (SET NX) by the first web process, so that every web host accepts every session."""
     if settings.secret_key:
         return settings.secret_key
-    path = Path(settings.data_dir) / "secret_key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    r = services.registry.r
+    r.set(d.WEB_SECRET_KEY, secrets.token_hex(32), nx=True)
+    return str(r.get(d.WEB_SECRET_KEY))
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     make_undumpable()     # the web process holds credentials: not for other processes to read
     app = Flask(__name__)
-    settings: Settings = (test_config or {}).get("SETTINGS") or Settings.from_env()
+    settings: Settings | None = (test_config or {}).get("SETTINGS")
+    if settings is None:
+        require_shared(role="web")
+        settings = Settings.from_env()
+    # the web answers 503 while Redis restarts instead of holding requests (app.errors)
+    set_retry_window(WEB_REDIS_RETRY_S)
+    svc = Services.from_settings(settings)
     app.config.update(
-        SECRET_KEY=_secret_key(settings),
+        SECRET_KEY=_secret_key(settings, svc),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         JSON_SORT_KEYS=False,
     )
     if test_config:
         app.config.update({k: v for k, v in test_config.items() if k != "SETTINGS"})
-    # the web answers 503 while Redis restarts instead of holding requests (app.errors)
-    set_retry_window(WEB_REDIS_RETRY_S)
-    app.extensions["qhybrid"] = Services.from_settings(settings)
+    app.extensions["qhybrid"] = svc
     app.extensions["qhybrid.celery"] = make_celery(settings)
 
     from app import api, errors, health, pages

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 from app.auth import services
+from qhybrid.errors import InvalidInput
 from tasks.devices import device_registry
 from tasks.queues import device_queue, jobs_queue, tasks_queue
 
@@ -15,6 +16,14 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
+    """`?scope=service` (default): Redis, storage and a worker on every queue; `scope=web`:
+    this web process can serve (Redis and storage reachable; a readiness probe, which must
+    not depend on workers that scale to zero); `scope=process`: it answers (liveness)."""
+    scope = request.args.get("scope", "service")
+    if scope not in ("service", "web", "process"):
+        raise InvalidInput("scope is service, web or process", field="scope")
+    if scope == "process":
+        return jsonify({"ok": True}), 200
     svc = services()
     body: dict[str, Any] = {}
     try:
@@ -39,5 +48,6 @@ def healthz() -> tuple[Response, int]:
     body["queues"] = queues
     missing = sorted(q for q, names in queues.items() if not names)
     body["queues_without_worker"] = missing
-    body["ok"] = body["redis"] == "ok" and body["storage"] == "ok" and not missing
+    body["ok"] = body["redis"] == "ok" and body["storage"] == "ok" and \
+        (not missing or scope == "web")
     return jsonify(body), 200 if body["ok"] else 503

@@ -18,6 +18,7 @@ USER_JOBS_KEY = KEY_PREFIX + "jobs:{user}"             # sorted set: job id -> c
 JOB_NAME_KEY = KEY_PREFIX + "jobname:{user}:{name}"    # string: job id of the newest job with that name
 ACTIVE_JOBS_KEY = KEY_PREFIX + "active"                # set of job ids in INITIALIZING/RUNNING/CANCELING
 REAPER_LOCK_KEY = KEY_PREFIX + "lock:reaper"
+WEB_SECRET_KEY = KEY_PREFIX + "web:secret_key"        # string: session-signing key of every web host
 SENT_JOBS_KEY = KEY_PREFIX + "sent"                    # sorted set: job id -> when its message went out
 
 # --- Statuses ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from backends.registry import DeviceRegistry, DeviceSpec, default_registry, load
 from qhybrid.errors import InvalidInput, QhybridError, TaskFailed
 from tasks import defaults as d
 from tasks.queues import RUN_QUANTUM_TASK, device_queue
-from tasks.settings import Settings
+from tasks.settings import MissingSharedSettings, Settings, require_shared
 
 # The presence name (`tasks.supervisor.worker_name`) of this worker's main process: prefork
 # pool processes are forked after this module is imported, so they inherit it.
@@ -186,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="quantum tasks run at once (one pool process each) [default: 1]")
     parser.add_argument("--name", default="device", help="Celery node name [default: device]")
     args = parser.parse_args(argv)
+    try:
+        require_shared(role="device worker")
+    except MissingSharedSettings as exc:
+        parser.exit(2, f"{exc}\n")
     settings = Settings.from_env()
     registry = device_registry(settings)
     names = [n for n in args.devices.split(",") if n] or registry.names()

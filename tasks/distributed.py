@@ -121,10 +121,12 @@ return 1
 """
 
 _CANCEL = """
--- KEYS: tasks of one job ; ARGV: now, reason. Queued ones end; running ones are asked to stop.
+-- KEYS: tasks of one job ; ARGV: now, reason, attempt ('' any). Queued ones end; running ones
+-- are asked to stop.
 local running, canceled = {}, {}
 for _, key in ipairs(KEYS) do
   local st = redis.call('HGET', key, 'status')
+  if ARGV[3] ~= '' and redis.call('HGET', key, 'attempt') ~= ARGV[3] then st = 'OTHER' end
   if st == 'QUEUED' then
     table.insert(canceled, redis.call('HGET', key, 'id'))
     redis.call('HSET', key, 'status', 'CANCELED', 'ended', ARGV[1], 'error', ARGV[2])
@@ -280,14 +282,16 @@ class TaskRegistry:
     def count(self, job_id: str) -> int:
         return int(self.r.zcard(d.JOB_TASKS_KEY.format(job_id=job_id)))
 
-    def cancel_all(self, job_id: str, reason: str) -> tuple[list[str], list[str]]:
-        """Cancel the job's queued tasks; ask running ones to stop. (running, canceled) ids."""
+    def cancel_all(self, job_id: str, reason: str,
+                   attempt: str = "") -> tuple[list[str], list[str]]:
+        """Cancel the job's queued tasks (of `attempt` only, if given); ask running ones to
+        stop. (running, canceled) ids."""
         running: list[str] = []
         canceled: list[str] = []
         ids = self.job_task_ids(job_id)
         for start in range(0, len(ids), 500):
             chunk = [_k_task(t) for t in ids[start:start + 500]]
-            now_running, now_canceled = self._cancel(keys=chunk, args=[_now(), reason])
+            now_running, now_canceled = self._cancel(keys=chunk, args=[_now(), reason, attempt])
             running += [str(x) for x in now_running]
             canceled += [str(x) for x in now_canceled]
         return running, canceled
@@ -296,7 +300,7 @@ class TaskRegistry:
         """End queued tasks whose messages could not be sent (the broker failed)."""
         for start in range(0, len(ids), 500):
             self._cancel(keys=[_k_task(t) for t in ids[start:start + 500]],
-                         args=[_now(), reason])
+                         args=[_now(), reason, ""])
 
     def force_cancel(self, ids: list[str], reason: str) -> int:
         if not ids:
@@ -400,6 +404,7 @@ class TaskSession:
         self._reading = False
         self._last_reconcile = 0.0
         self._kick_seen: dict[str, float] = {}
+        self._queued_seen: dict[str, float] = {}
         self._last_wait_note = 0.0
         self._spool_fd: int | None = None
         self._ops: dict[str, Callable[..., Any]] = {
@@ -664,18 +669,25 @@ class TaskSession:
             return {i: out.get(i, d.QUEUED) for i in ids}
         rows = self.env.tasks.fields(check, "status", "job", "run", "kind", "maps", "class")
         running: list[tuple[str, str]] = []
+        queued: list[tuple[str, str, str]] = []
         for task_id, (status, job, run, kind, maps, cls) in zip(check, rows, strict=True):
             if status is None or job != self.job_id:
                 raise NotFound(f"no task {task_id} in this job")
             out[task_id] = status
+            if status != d.QUEUED:
+                self._queued_seen.pop(task_id, None)
             if status in TERMINAL:
                 self.final[task_id] = status
             elif status == d.RUNNING and run:
                 running.append((task_id, run))
             elif status == d.QUEUED and kind == REDUCE and due:
                 self._kick_reduce(task_id, json.loads(maps or "[]"), cls or "")
+            elif status == d.QUEUED and due:
+                queued.append((task_id, kind or TASK, cls or ""))
         if due and running:
             self._rescue(running)
+        if due and queued:
+            self._resend_lost(queued)
         return {i: out.get(i, d.QUEUED) for i in ids}
 
     def _rescue(self, running: list[tuple[str, str]]) -> None:
@@ -690,6 +702,27 @@ class TaskSession:
                 cls = self.env.tasks.fields([task_id], "class")[0][0] or ""
                 _celery().send_task(RUN_TASK, args=[task_id], queue=tasks_queue(cls))
                 log.warning("task %s lost its worker; sent again", task_id)
+
+    def _resend_lost(self, queued: list[tuple[str, str, str]]) -> None:
+        """Queued tasks whose message a worker took and never ran (it died first, on another
+        host maybe): sent again once their queue has drained and they still wait. A second
+        message is harmless: only the first claim of a QUEUED task runs it."""
+        now = time.monotonic()
+        due: dict[str, list[tuple[str, str]]] = {}
+        for task_id, kind, cls in queued:
+            first = self._queued_seen.setdefault(task_id, now)
+            if now - first >= d.LOST_MESSAGE_AFTER_S:
+                due.setdefault(cls, []).append((task_id, kind))
+        r = self.env.registry.r
+        for cls, items in due.items():
+            if r.llen(tasks_queue(cls)):
+                continue        # messages still wait: theirs may be among them
+            for task_id, kind in items:
+                self._queued_seen[task_id] = now
+                name = RUN_MAP_TASK if kind == MAP else RUN_TASK
+                _celery().send_task(name, args=[task_id], queue=tasks_queue(cls))
+            log.warning("%d queued tasks of %s lost their message; sent again", len(items),
+                        self.job_id)
 
     def _kick_reduce(self, task_id: str, maps: list[str], cls: str) -> None:
         """A reduce whose maps all ended but whose chord never fired (a lost map message)."""
@@ -864,28 +897,42 @@ class JobTasks:
         self.session().close()
 
 
-def end_job_tasks(env: TaskEnv, job: dict[str, Any], reason: str) -> None:
+def end_job_tasks(env: TaskEnv, job: dict[str, Any], reason: str, attempt: str = "",
+                  expire: bool = True) -> None:
+    """Cancel the job's queued tasks (of `attempt` only, if given), stop its running ones
+    and wait for their workers to confirm; a task whose worker stopped beating is not waited
+    for. `expire`: the job is over, its task data goes."""
     job_id = job["id"]
-    running, canceled = env.tasks.cancel_all(job_id, reason)
+    running, canceled = env.tasks.cancel_all(job_id, reason, attempt)
     try:
         if canceled:   # workers drop these messages unread (the registry refuses them anyway)
             _celery().control.revoke(canceled[-10000:])
     except Exception as exc:
         log.info("revoke of %s's tasks failed: %s", job_id, exc)
     deadline = time.monotonic() + d.TASK_END_WAIT_S
+    lost: list[str] = []
     while running and time.monotonic() < deadline:
         rows = env.tasks.fields(running, "status")
         running = [t for t, row in zip(running, rows, strict=True) if row[0] == d.RUNNING]
+        pipe = env.registry.r.pipeline(transaction=False)
+        for task_id in running:
+            pipe.exists(d.TASK_HEARTBEAT_KEY.format(task_id=task_id))
+        beating = pipe.execute() if running else []
+        lost += [t for t, alive in zip(running, beating, strict=True) if not alive]
+        running = [t for t, alive in zip(running, beating, strict=True) if alive]
         if running:
             time.sleep(d.TASK_TICK_S)
+    env.tasks.force_cancel(lost, f"{reason}; the worker running it was lost")
     env.tasks.force_cancel(running, f"{reason}; its worker did not confirm the stop")
-    expire_job_tasks(env, job)
+    if expire:
+        expire_job_tasks(env, job)
 
 
-def stop_job_tasks(services: Services, job: dict[str, Any], reason: str) -> None:
+def stop_job_tasks(services: Services, job: dict[str, Any], reason: str, attempt: str = "",
+                   expire: bool = True) -> None:
     """End a job's tasks where its supervisor cannot (the reaper of jobs whose worker died)."""
     if services.registry.r.zcard(d.JOB_TASKS_KEY.format(job_id=job["id"])):
-        end_job_tasks(TaskEnv.from_services(services), job, reason)
+        end_job_tasks(TaskEnv.from_services(services), job, reason, attempt, expire)
 
 
 def expire_job_tasks(env: TaskEnv, job: dict[str, Any]) -> None:
@@ -966,7 +1013,10 @@ class TaskWorker:
         healthy = True
         session: TaskSession | None = None
         try:
-            job = self.job(rec["job"])
+            # the attempt the task belongs to (claimed only if still the job's current one),
+            # never the cached record's: a job run again must not reuse its old code and
+            # executors
+            job = {**self.job(rec["job"]), "attempt": rec.get("attempt") or "1"}
             rc = self.env.classes.get(rec["class"])
             if rc is None:
                 raise QhybridError(f"resource class {rec['class']!r} is not configured here")

@@ -28,6 +28,7 @@ from tasks.queues import RUN_JOB_TASK, jobs_queue
 from tasks.registry import Registry
 from tasks.reservations import repair as repair_reservations
 from tasks.services import Services, from_env
+from tasks.settings import MissingSharedSettings, require_shared
 from tasks.supervisor import warm_parent, worker_name
 
 log = logging.getLogger("qhybrid.worker")
@@ -106,31 +107,48 @@ def run_job(job_id: str, attempt: int) -> None:
     celery = run_job.app
     supervisor_class(job)(job, reg, services.store, services.settings, rc, worker,
                cpus=_cpus_for(rc.threads()), stopping=_stop,
-               requeue=lambda reason: requeue_job(services, celery, job_id, reason)).run()
+               requeue=lambda reason: requeue_job(services, celery, job_id, reason, attempt)).run()
 
 
-def requeue_job(services: Services, celery: Celery, job_id: str, reason: str) -> None:
-    """A job whose worker went away runs again once; the second time it ends in ERROR."""
+def requeue_job(services: Services, celery: Celery, job_id: str, reason: str,
+                attempt: int, fenced: bool = False) -> str | None:
+    """A job whose worker went away runs again once; the second time it ends in ERROR.
+
+    Only the `attempt` that went away is moved: each move checks, in the same atomic call,
+    that the job still stands at that attempt (and, when `fenced`, that no supervisor beats
+    for it), so a reaper acting on a stale view never touches a newer attempt. Returns the
+    status the job was moved to, or None when another process got there first.
+    """
     reg = services.registry
     job = reg.get_job(job_id)
-    attempt = int(job.get("attempt") or 1)
+    require = ("attempt", str(attempt))
     if job["status"] == d.CANCELING:
-        reg.transition(job_id, d.CANCELED, allowed=[d.CANCELING], ended=time.time())
+        if reg.transition(job_id, d.CANCELED, allowed=[d.CANCELING], require=require,
+                          unless_beating=fenced, ended=time.time()):
+            return d.CANCELED
     elif attempt < d.MAX_ATTEMPTS:
-        if reg.transition(job_id, d.QUEUED, allowed=list(d.ACTIVE_STATUSES),
-                          attempt=attempt + 1, detail=f"{reason}; running the job again"):
+        if reg.transition(job_id, d.QUEUED, allowed=list(d.ACTIVE_STATUSES), require=require,
+                          unless_beating=fenced, attempt=attempt + 1,
+                          detail=f"{reason}; running the job again"):
             # the next attempt writes to the same log: mark where it starts
             reg.append_log(job_id, f"\n----- attempt {attempt + 1} ({reason}; the job runs "
                                    f"again from the start) -----\n")
             enqueue_job(celery, reg, job_id, attempt + 1, job["resource_class"])
-    else:
-        reg.transition(job_id, d.ERROR, allowed=list(d.ACTIVE_STATUSES), ended=time.time(),
-                       error=f"{reason} ({attempt} times); the job was not run again",
-                       detail=reason)
+            return d.QUEUED
+    elif reg.transition(job_id, d.ERROR, allowed=list(d.ACTIVE_STATUSES), require=require,
+                        unless_beating=fenced, ended=time.time(),
+                        error=f"{reason} ({attempt} times); the job was not run again",
+                        detail=reason):
+        return d.ERROR
+    return None
 
 
 def reap_lost_jobs(services: Services, celery: Celery) -> list[str]:
-    """Jobs whose supervisor stopped beating: run again once, else end them in ERROR."""
+    """Jobs whose supervisor stopped beating: run again once, else end them in ERROR.
+
+    The move comes first and is fenced by the attempt judged lost; only the process that
+    made it then ends that attempt's tasks (a newer attempt's tasks are left alone).
+    """
     reg = services.registry
     handled = []
     for job_id in reg.active_jobs():
@@ -144,8 +162,13 @@ def reap_lost_jobs(services: Services, celery: Celery) -> list[str]:
             continue
         if time.time() - (job.get("updated") or 0) < d.HEARTBEAT_TTL_S:
             continue  # just claimed; its first heartbeat is on the way
-        stop_job_tasks(services, job, "the job's worker was lost")   # none left running
-        requeue_job(services, celery, job_id, "worker lost")
+        attempt = int(job.get("attempt") or 1)
+        moved = requeue_job(services, celery, job_id, "worker lost", attempt, fenced=True)
+        if moved is None:
+            continue
+        # none of the lost attempt's tasks is left queued or running; a rerun's are its own
+        stop_job_tasks(services, job, "the job's worker was lost", attempt=str(attempt),
+                       expire=moved in d.TERMINAL_STATUSES)
         handled.append(job_id)
     return handled
 
@@ -157,10 +180,13 @@ def _housekeeping(celery: Celery, queues: list[str]) -> None:
     while not _stop.is_set():
         try:
             services.registry.r.set(d.WORKER_KEY.format(name=name), info, ex=d.WORKER_TTL_S)
-            if services.registry.lock(d.REAPER_LOCK_KEY, d.REAPER_INTERVAL_S * 0.9):
-                reap_lost_jobs(services, celery)
-                resend_lost_messages(services, celery)
-                repair_reservations(services, celery)
+            # One reaper at a time over every host: the lock is renewed while the turn lasts
+            # (ending a lost job's tasks may wait for their workers) and expires after it.
+            with services.registry.held_lock(d.REAPER_LOCK_KEY, d.REAPER_INTERVAL_S * 0.9) as mine:
+                if mine:
+                    reap_lost_jobs(services, celery)
+                    resend_lost_messages(services, celery)
+                    repair_reservations(services, celery)
         except Exception:
             log.exception("housekeeping failed")
         _stop.wait(d.REAPER_INTERVAL_S)
@@ -169,6 +195,10 @@ def _housekeeping(celery: Celery, queues: list[str]) -> None:
 
 @worker_init.connect
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    try:
+        require_shared(role="worker")
+    except MissingSharedSettings as exc:
+        raise SystemExit(str(exc)) from None   # loud: Celery goes on after an Exception
     make_undumpable()   # our environment holds credentials: not for user code to read
     consumed = list(sender.app.amqp.queues.consume_from or {}) if sender is not None else []
     if consumed and all(q.startswith("device.") for q in consumed):

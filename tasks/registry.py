@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -23,7 +24,8 @@ from tasks import defaults as d
 
 _TRANSITION = """
 -- KEYS: job, events, active, heartbeat, sent ; ARGV: to, allowed(csv or ''), event json, now,
---        require_field, require_value, then field/value pairs
+--        require_field, require_value, unless_beating ('1': refuse while the heartbeat
+--        lives), then field/value pairs
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return -1 end
 if ARGV[2] ~= '' then
@@ -32,8 +34,9 @@ if ARGV[2] ~= '' then
   if not ok then return 0 end
 end
 if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], ARGV[5]) ~= ARGV[6] then return 0 end
+if ARGV[7] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated', ARGV[4])
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 if ARGV[1] == 'INITIALIZING' or ARGV[1] == 'RUNNING' or ARGV[1] == 'CANCELING' then
   redis.call('SADD', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
@@ -171,8 +174,13 @@ class Registry:
 
     def transition(self, job_id: str, to: str, *, allowed: Iterable[str] = (),
                    require: tuple[str, str] | None = None, sub_status: str | None = None,
-                   detail: str | None = None, **fields: Any) -> bool:
-        """Move the job to `to` if it stands in `allowed` (any when empty); True when it moved."""
+                   detail: str | None = None, unless_beating: bool = False,
+                   **fields: Any) -> bool:
+        """Move the job to `to` if it stands in `allowed` (any when empty); True when it moved.
+
+        `require` = (field, value) must hold too; `unless_beating` refuses while a supervisor's
+        heartbeat lives (a reaper's move, fenced by what it judged lost).
+        """
         at = now()
         event: dict[str, Any] = {"status": to, "at": at}
         if sub_status:
@@ -181,7 +189,8 @@ class Registry:
             event["detail"] = detail
         fields["sub_status"] = sub_status or ""
         args: list[Any] = [to, ",".join(allowed), json.dumps(event), at,
-                           require[0] if require else "", require[1] if require else ""]
+                           require[0] if require else "", require[1] if require else "",
+                           "1" if unless_beating else ""]
         for k, v in flat_record(fields).items():
             args += [k, v]
         keys = [d.JOB_KEY.format(job_id=job_id), d.JOB_EVENTS_KEY.format(job_id=job_id),
@@ -303,6 +312,35 @@ class Registry:
 
     def lock(self, key: str, ttl_s: float) -> bool:
         return bool(self.r.set(key, "1", nx=True, px=int(ttl_s * 1000)))
+
+    @contextmanager
+    def held_lock(self, key: str, ttl_s: float) -> Iterator[bool]:
+        """Take `key` for `ttl_s` if free (yields whether it was taken), renewed while the
+        body runs however long it takes, then left to expire `ttl_s` after the body ended
+        (so the lock also spaces out the holders' turns, on every host)."""
+        lock = self.r.lock(key, timeout=ttl_s, thread_local=False)
+        if not lock.acquire(blocking=False):
+            yield False
+            return
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(ttl_s / 3):
+                try:
+                    lock.reacquire()
+                except redis.RedisError:
+                    return
+        renewer = threading.Thread(target=renew, name=f"renew {key}", daemon=True)
+        renewer.start()
+        try:
+            yield True
+        finally:
+            done.set()
+            renewer.join()
+            try:
+                lock.reacquire()    # a full ttl from now: the next turn comes after it
+            except redis.RedisError:
+                pass
 
 
 def _is_id(job_id: str) -> bool:

@@ -82,6 +82,27 @@ class Settings:
         )
 
 
+# What every web and worker host must share; `qhybrid up` sets both for the processes it starts.
+SHARED_ENV = ("QHYBRID_REDIS_URL", "QHYBRID_STORAGE_URL")
+
+
+class MissingSharedSettings(RuntimeError):
+    """A web or worker process was started without the Redis and storage every host shares."""
+
+
+def require_shared(env: os._Environ[str] | dict[str, str] | None = None, role: str = "") -> None:
+    """Refuse to start a web or worker process that would fall back to a local Redis or local
+    storage: on a host of its own it would run jobs nobody else sees, or lose what it stores."""
+    env = os.environ if env is None else env
+    missing = [name for name in SHARED_ENV if not env.get(name)]
+    if missing:
+        raise MissingSharedSettings(
+            f"qhybrid {role or 'process'}: {' and '.join(missing)} not set. Every web and "
+            "worker host must point at the same Redis and storage (e.g. "
+            "QHYBRID_REDIS_URL=redis://:password@redis:6379/0, "
+            "QHYBRID_STORAGE_URL=s3://bucket/prefix); on one machine, `qhybrid up` sets them.")
+
+
 # Environment variables that hold credentials or the way to them: never given to user code.
 SECRET_ENV_PREFIXES = ("QHYBRID_REDIS", "QHYBRID_STORAGE", "QHYBRID_S3", "QHYBRID_SECRET",
                        "AWS_", "QHYBRID_TOKEN", "QHYBRID_URL")

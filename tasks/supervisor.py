@@ -73,12 +73,13 @@ class Supervisor:
     def __init__(self, job: dict[str, Any], registry: Registry, store: ObjectStore,
                  settings: Settings, resource_class: ResourceClass, worker: str,
                  cpus: list[int] | None = None, stopping: threading.Event | None = None,
-                 requeue: Callable[[str], None] | None = None) -> None:
+                 requeue: Callable[[str], object] | None = None) -> None:
         self.job = job
         # Set when the worker shuts down: the child is stopped and the job handed to `requeue`
         # (run again elsewhere) instead of ending in ERROR.
         self.stopping = stopping
         self.requeue = requeue
+        self._beating_done = threading.Event()   # set when the job is no longer ours
         self.job_id: str = job["id"]
         self.registry = registry
         self.store = store
@@ -139,6 +140,10 @@ class Supervisor:
     # --- the run ---------------------------------------------------------------------------
     def run(self) -> None:
         self.registry.heartbeat(self.job_id, self.worker)
+        # Beats from its own thread for as long as this supervisor has the job: fetching
+        # inputs or starting the child can take longer than the heartbeat's lifetime on a
+        # loaded host, and a reaper elsewhere would take the job for lost.
+        threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
         status, error = d.ERROR, ""
         channel = None
         try:
@@ -270,12 +275,20 @@ class Supervisor:
                 text += "\n[qhybrid: live log truncated; the full log is stored with the job]\n"
             self.registry.append_log(self.job_id, text)
 
+    def _beat(self) -> None:
+        while not self._beating_done.wait(d.HEARTBEAT_INTERVAL_S):
+            try:
+                self.registry.heartbeat(self.job_id, self.worker)
+            except Exception:   # Redis away for a moment: the next beat tries again
+                pass
+
     def finish(self, status: str, error: str) -> None:
         """Store logs and outputs, then record the final status (in that order)."""
         if self.sandbox is not None:
             self.sandbox.kill()     # already done when the job ran; its cgroup goes at the end
         self.end_tasks(status)
         if status == INTERRUPTED and self.requeue is not None:
+            self._beating_done.set()
             self.requeue(error)
             if self.sandbox is not None:
                 self.sandbox.close()
@@ -301,12 +314,18 @@ class Supervisor:
         if self._log is not None:
             self._log.close()
         fields: dict[str, Any] = {"ended": time.time(), "error": error[-20000:] if error else ""}
+        self._beating_done.set()
+        # only this attempt's end: a supervisor judged lost (its job run again elsewhere)
+        # must not end the newer attempt
+        attempt = ("attempt", str(self.job.get("attempt") or 1))
         moved = self.registry.transition(self.job_id, status,
                                          allowed=[d.INITIALIZING, d.RUNNING, d.CANCELING],
+                                         require=attempt,
                                          detail=error.splitlines()[0] if error else None, **fields)
         if not moved and status != d.CANCELED:
             # a cancel raced with the end: the cancel wins, as the user asked for it
-            self.registry.transition(self.job_id, d.CANCELED, allowed=[d.CANCELING], **fields)
+            self.registry.transition(self.job_id, d.CANCELED, allowed=[d.CANCELING],
+                                     require=attempt, **fields)
         self.registry.expire_log(self.job_id)
         if self.sandbox is not None:
             self.sandbox.close()

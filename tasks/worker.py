@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from tasks.queues import jobs_queue, tasks_queue
 from tasks.resources import load_classes
-from tasks.settings import Settings
+from tasks.settings import MissingSharedSettings, Settings, require_shared
 
 
 def worker_argv(kind: str, resource_class: str, concurrency: int,
@@ -54,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--name", default=None,
                         help="Celery node name, when a host runs several [default: the class]")
     args = parser.parse_args(argv)
+    try:
+        require_shared(role="worker")
+    except MissingSharedSettings as exc:
+        parser.exit(2, f"{exc}\n")
     classes = load_classes(Settings.from_env().resource_classes_path)
     wanted = [c for c in args.resource_class.split(",") if c]
     unknown = [c for c in wanted if c not in classes]
