@@ -85,7 +85,8 @@ def submit_task() -> tuple[Response, int]:
     svc = services()
     rec = submit(svc.registry.r, svc.store, current_app.extensions["qhybrid.celery"],
                  svc.settings, user=g.user, device=body.get("device"),
-                 circuits=body.get("circuits"), options=body.get("options"))
+                 circuits=body.get("circuits"), options=body.get("options"),
+                 live_queues=svc.registry.workers_by_queue)
     return jsonify(task_json(rec)), 201
 
 
