@@ -71,6 +71,7 @@ save_result({"main": main, "task": get(in_a_task("aer_statevector"))})
 """
 
 
+@pytest.mark.timeout(900)
 def test_a_device_works_the_same_from_a_job_a_task_a_hybrid_job_and_local_mode(
         client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # given what a user runs on AerSimulator() (u3, unitary, initialize, mcx, save_statevector)
@@ -158,6 +159,7 @@ save_result({"name": device.name,
 """
 
 
+@pytest.mark.timeout(900)
 def test_a_program_written_for_fake_torino_runs_on_the_torino_device(
         client: Client, tmp_path: Path) -> None:
     assert client.backend("ibm_torino").name == "fake_torino"
