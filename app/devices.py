@@ -86,7 +86,8 @@ def submit_task() -> tuple[Response, int]:
     rec = submit(svc.registry.r, svc.store, current_app.extensions["qhybrid.celery"],
                  svc.settings, user=g.user, device=body.get("device"),
                  circuits=body.get("circuits"), options=body.get("options"),
-                 reservation_arn=body.get("reservation_arn"))
+                 reservation_arn=body.get("reservation_arn"),
+                 live_queues=svc.registry.workers_by_queue)
     return jsonify(task_json(rec)), 201
 
 

@@ -40,7 +40,9 @@ def healthz() -> tuple[Response, int]:
     if body["redis"] == "ok":
         live = svc.registry.workers_by_queue()
         expected = [q for name in svc.classes for q in (jobs_queue(name), tasks_queue(name))]
-        expected += [device_queue(name) for name in device_registry(svc.settings).names()]
+        # a GPU device needs a GPU host; without one it is simply not offered
+        expected += [device_queue(spec.name) for spec in device_registry(svc.settings)
+                     if spec.device == "CPU"]
         for q in expected:
             queues[q] = live.get(q, [])
         for q, names in live.items():

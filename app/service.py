@@ -198,7 +198,9 @@ class Service:
             return []
         from tasks.devices import device_registry
 
-        return [device_queue(n) for n in device_registry(Settings.from_env(self.env)).names()]
+        # GPU devices are served only where a GPU is (tasks.devices.served_here): not awaited
+        return [device_queue(spec.name) for spec in device_registry(Settings.from_env(self.env))
+                if spec.device == "CPU"]
 
     def wait_ready(self, timeout: float = 60.0) -> dict[str, object]:
         """Block until /healthz says Redis, storage and every queue have what they need."""

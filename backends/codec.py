@@ -14,7 +14,7 @@ from typing import Any
 
 from qiskit.result import Result
 
-from qhybrid.backend import result_from_json
+from qhybrid.backend import INT_KEYED, result_from_json
 from qhybrid.codec import encode
 
 __all__ = ["result_from_json", "result_to_json"]
@@ -28,8 +28,9 @@ def _plain(value: Any) -> Any:
         return [_plain(item) for item in value]
     if isinstance(value, Enum):  # MeasLevel, MeasReturnType
         return _plain(value.value)
-    module = type(value).__module__ or ""
-    if module.startswith("qiskit.quantum_info"):
+    # aer returns its own subclasses (qiskit_aer.backends.compatibility.Statevector ...)
+    modules = [cls.__module__ or "" for cls in type(value).__mro__]
+    if any(module.startswith("qiskit.quantum_info") for module in modules):
         from qiskit.quantum_info import Clifford, StabilizerState
 
         if isinstance(value, StabilizerState):
@@ -45,7 +46,20 @@ def _plain(value: Any) -> Any:
 
 
 def result_to_json(result: Result) -> dict[str, Any]:
-    """A strictly JSON-able dict of a Result (its `to_dict()`, made JSON-safe)."""
-    data = encode(_plain(result.to_dict()), path="result")
+    """A strictly JSON-able dict of a Result (its `to_dict()`, made JSON-safe).
+
+    Saved probabilities (``save_probabilities_dict``) are keyed by integers, which JSON turns
+    into strings: `INT_KEYED` lists them so that `result_from_json` gives the integers back.
+    """
+    raw = result.to_dict()
+    int_keyed = []
+    for i, experiment in enumerate(raw.get("results") or []):
+        for key, value in (experiment.get("data") or {}).items():
+            if isinstance(value, dict) and value and all(
+                    isinstance(k, int) and not isinstance(k, bool) for k in value):
+                int_keyed.append([i, str(key)])
+    data = encode(_plain(raw), path="result")
     assert isinstance(data, dict)
+    if int_keyed:
+        data[INT_KEYED] = int_keyed
     return data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ from qiskit.circuit import QuantumCircuit
 from qiskit.transpiler import Target
 from qiskit_aer import AerError, AerSimulator
 
+from backends.aer_target import restore_save_instructions
 from backends.codec import result_to_json
 from backends.registry import MAX_SHOTS, DeviceSpec, describe
 from qhybrid.backend import (
@@ -21,8 +23,8 @@ from qhybrid.backend import (
 from qhybrid.codec import decode_circuits
 from qhybrid.errors import InvalidInput
 
-__all__ = ["build_simulator", "check_circuits", "device_target", "estimate_memory_bytes",
-           "run_task"]
+__all__ = ["build_simulator", "check_circuits", "check_host", "device_target",
+           "estimate_memory_bytes", "run_task"]
 
 # Building a 127-qubit noisy simulator takes about a second; a worker reuses it for every task.
 _SIMULATORS: dict[tuple[DeviceSpec, int], AerSimulator] = {}
@@ -37,13 +39,30 @@ _CLIFFORD = frozenset({"id", "x", "y", "z", "h", "s", "sdg", "sx", "sxdg", "cx",
                        "continue_loop", "store"})
 
 
+def host_devices() -> tuple[str, ...]:
+    """Where aer can simulate on this host: ("CPU",), or ("CPU", "GPU") with qiskit-aer-gpu
+    and an NVIDIA GPU it can use."""
+    return tuple(AerSimulator().available_devices())
+
+
+def check_host(spec: DeviceSpec) -> None:
+    """Refuse a device this host cannot simulate (a GPU device without a usable GPU)."""
+    if spec.device != "CPU" and spec.device not in host_devices():
+        raise InvalidInput(
+            f"device {spec.name} simulates on an NVIDIA GPU ({spec.device}); this host has none "
+            f"that aer can use (aer here offers {', '.join(host_devices())}). Run its device "
+            "worker on a GPU host with qiskit-aer-gpu installed", field="device")
+
+
 def build_simulator(spec: DeviceSpec, max_threads: int) -> AerSimulator:
     """The aer simulator of a device, with at most `max_threads` threads; cached per process.
 
     Generic devices use the same GenericBackendV2 as the client's Target (see
-    `qhybrid.backend.generic_backend`) and, with noise, its noise model.
+    `qhybrid.backend.generic_backend`) and, with noise, its noise model. Fake devices simulate
+    as the snapshot's own `run()` does: plain aer with the snapshot's noise model.
     """
     key = (spec, max_threads)
+    check_host(spec)
     with _LOCK:
         simulator = _SIMULATORS.get(key)
         if simulator is None:
@@ -54,10 +73,18 @@ def build_simulator(spec: DeviceSpec, max_threads: int) -> AerSimulator:
                 # would pick a density matrix.
                 "max_memory_mb": max(1, spec.max_memory_bytes >> 20),
             }
+            if spec.device != "CPU":
+                options["device"] = spec.device
             if spec.kind == "generic":
                 if not spec.noise:
                     options["noise_model"] = None
                 simulator = AerSimulator.from_backend(generic_backend(describe(spec)), **options)
+            elif spec.kind == "fake":
+                from backends.ibm_fakes import fake_noise_model
+
+                if spec.noise:
+                    options["noise_model"] = fake_noise_model(spec.snapshot)
+                simulator = AerSimulator(**options)
             else:
                 simulator = AerSimulator(**options)
             _SIMULATORS[key] = simulator
@@ -136,27 +163,35 @@ def check_circuits(spec: DeviceSpec, circuits: Sequence[QuantumCircuit]) -> None
 
 
 def run_task(
-    spec: DeviceSpec, circuits_payload: str, options: dict[str, Any], max_threads: int
+    spec: DeviceSpec, circuits_payload: str, options: dict[str, Any], max_threads: int,
+    checked: bool = False, timing: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Simulate a quantum task and return its result JSON (`backends.codec.result_to_json`).
 
-    Bad input raises InvalidInput. A simulation that fails (aer's Result has success False,
-    or aer refuses the circuits) returns success False and aer's message, which
-    `QhybridJob.result()` raises as TaskFailed.
+    Bad input raises InvalidInput. `checked` says the service already checked these very
+    circuits against the device when it accepted the task (the API does), so they are not
+    checked again. A simulation that fails (aer's Result has success False, or aer refuses the
+    circuits) returns success False and aer's message, which `QhybridJob.result()` raises as
+    TaskFailed. `timing` receives ``simulate_s``, the seconds spent in the simulator.
     """
     run_options = validate_run_options(options)
     if run_options["shots"] > MAX_SHOTS:
         raise InvalidInput(f"shots must be at most {MAX_SHOTS}", field="shots")
     if run_options["seed_simulator"] is None:
         del run_options["seed_simulator"]
-    circuits = decode_circuits(circuits_payload)
-    check_circuits(spec, circuits)
+    circuits = restore_save_instructions(decode_circuits(circuits_payload))
+    if not checked:
+        check_circuits(spec, circuits)
     simulator = build_simulator(spec, max_threads)
+    start = time.perf_counter()
     try:
         result = simulator.run(circuits, **run_options).result()
     except AerError as exc:
         return {"success": False, "status": f"ERROR: {exc}", "backend_name": spec.name,
                 "results": []}
+    finally:
+        if timing is not None:
+            timing["simulate_s"] = time.perf_counter() - start
     data = result_to_json(result)
     data["backend_name"] = spec.name
     return data

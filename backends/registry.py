@@ -1,12 +1,17 @@
 """The device registry: named devices a quantum task can run on, and their JSON descriptions.
 
-Two kinds of device:
+Three kinds of device:
 
-* ``aer``: a plain qiskit-aer simulator with one method, ideal, no coupling restriction. The
-  defaults are shared: jobs that name one do not reserve it.
+* ``aer``: a plain qiskit-aer simulator with one method, ideal, no coupling restriction; its
+  Target is what ``AerSimulator(method=...)`` accepts (`backends.aer_target`). The defaults are
+  shared: jobs that name one do not reserve it. ``device="GPU"`` ones need a worker host with an
+  NVIDIA GPU and qiskit-aer-gpu.
 * ``generic``: a hardware-like device, ``GenericBackendV2`` with a realistic coupling map
   (heavy-hex, never the fully connected default), fixed seed (so its error rates and the Target a
   client rebuilds are reproducible) and, with ``noise``, its noise model on aer.
+* ``fake``: a copy of an IBM device from qiskit-ibm-runtime's calibration snapshots
+  (`backends.ibm_fakes`): its coupling map, basis, durations and noise. Named ``fake_torino``,
+  and selectable as ``ibm_torino`` too (`resolve_name`).
 
 Default sizes: statevector-like methods 30 qubits (16 GiB of amplitudes, the default memory
 allowance), density matrix 15 (16 GiB too), matrix product state 100 (its cost depends on
@@ -27,7 +32,6 @@ from typing import Any, Literal
 from qhybrid.errors import InvalidInput, NotFound
 
 __all__ = [
-    "AER_BASIS_GATES",
     "DEFAULT_MAX_MEMORY_BYTES",
     "DeviceRegistry",
     "DeviceSpec",
@@ -38,10 +42,12 @@ __all__ = [
     "falcon_27_edges",
     "heavy_hex_edges",
     "load_devices",
+    "resolve_name",
 ]
 
-Kind = Literal["aer", "generic"]
-KINDS = ("aer", "generic")
+Kind = Literal["aer", "generic", "fake"]
+KINDS = ("aer", "generic", "fake")
+DEVICES = ("CPU", "GPU")   # where aer simulates
 METHODS = ("automatic", "statevector", "density_matrix", "matrix_product_state", "stabilizer")
 COUPLINGS = ("heavy_hex", "line", "grid", "full")
 
@@ -52,19 +58,6 @@ MAX_SHOTS = 1_000_000
 #: Device names end up in queue names (``device.<name>``).
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
-_DENSE = ("id", "x", "y", "z", "h", "s", "sdg", "t", "tdg", "sx", "sxdg", "p", "r", "rx", "ry",
-          "rz", "u", "cx", "cy", "cz", "cp", "swap", "ecr", "rxx", "ryy", "rzz", "rzx", "ccx")
-#: Standard gates each aer method simulates natively (a subset of aer's own list; the Target
-#: offers these so the transpiler never emits something the method would refuse).
-AER_BASIS_GATES: dict[str, tuple[str, ...]] = {
-    "automatic": (*_DENSE, "csx", "crx", "cry", "crz", "cu", "ccz", "cswap"),
-    "statevector": (*_DENSE, "csx", "crx", "cry", "crz", "cu", "ccz", "cswap"),
-    "density_matrix": _DENSE,
-    "matrix_product_state": (*_DENSE, "csx", "cswap"),
-    # Clifford gates only: no arbitrary-angle rotation, so every circuit is simulable.
-    "stabilizer": ("id", "x", "y", "z", "h", "s", "sdg", "sx", "sxdg", "cx", "cy", "cz", "swap",
-                   "ecr"),
-}
 AER_DEFAULT_QUBITS = {"automatic": 30, "statevector": 30, "density_matrix": 15,
                       "matrix_product_state": 100, "stabilizer": 1000}
 GENERIC_BASIS_GATES = ("cx", "id", "rz", "sx", "x")  # IBM Falcon
@@ -88,6 +81,9 @@ class DeviceSpec:
     basis_gates: tuple[str, ...] = ()
     edges: Edges | None = None
     control_flow: bool = False
+    device: str = "CPU"   # aer's device option: CPU, or GPU (qiskit-aer-gpu on an NVIDIA GPU)
+    snapshot: str = ""    # fake devices: the qiskit-ibm-runtime backend name (fake_torino)
+    aliases: tuple[str, ...] = ()   # other names that select the device (ibm_torino)
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -102,27 +98,33 @@ class DeviceSpec:
             raise InvalidInput(f"{where}: num_qubits must be positive")
         if self.max_memory_bytes < 1:
             raise InvalidInput(f"{where}: max_memory_bytes must be positive")
-        if not self.basis_gates:
-            raise InvalidInput(f"{where}: needs basis_gates")
+        if self.device not in DEVICES:
+            raise InvalidInput(f"{where}: device must be one of {', '.join(DEVICES)}")
         if self.kind == "aer":
             if self.noise:
                 raise InvalidInput(f"{where}: aer devices are ideal; use kind generic for noise")
             if self.edges is not None:
                 raise InvalidInput(f"{where}: aer devices have no coupling map")
-            unsupported = set(self.basis_gates) - set(AER_BASIS_GATES[self.method])
-            if unsupported:
-                raise InvalidInput(f"{where}: {self.method} does not support "
-                                   f"{', '.join(sorted(unsupported))}")
+        elif self.kind == "fake":
+            if not self.snapshot:
+                raise InvalidInput(f"{where}: fake devices name their snapshot")
         else:
+            if not self.basis_gates:
+                raise InvalidInput(f"{where}: needs basis_gates")
             if not self.edges:
                 raise InvalidInput(f"{where}: generic devices need a coupling map")
             if any(not (0 <= q < self.num_qubits) for edge in self.edges for q in edge):
                 raise InvalidInput(f"{where}: coupling map names qubits outside 0..{self.num_qubits - 1}")
 
 
-def describe(spec: DeviceSpec) -> dict[str, Any]:
-    """JSON description from which `qhybrid.backend.target_from_description` rebuilds the Target."""
-    return {
+def describe(spec: DeviceSpec, operations: bool = True) -> dict[str, Any]:
+    """JSON description from which `qhybrid.backend.target_from_description` rebuilds the Target.
+
+    An aer device lists Aer's own operations for its method (loading qiskit-aer); with
+    `operations=False` the list is left to the process that builds the Target (a job's
+    supervisor never loads qiskit: `qhybrid.devices.get_backend` fills it in the job).
+    """
+    desc: dict[str, Any] = {
         "name": spec.name,
         "kind": spec.kind,
         "method": spec.method,
@@ -134,8 +136,44 @@ def describe(spec: DeviceSpec) -> dict[str, Any]:
         "noise": spec.noise,
         "shared": spec.shared,
         "max_memory_bytes": spec.max_memory_bytes,
+        "device": spec.device,
+        "snapshot": spec.snapshot or None,
+        "aliases": list(spec.aliases),
         "description": spec.description,
     }
+    if spec.kind == "aer" and operations:
+        add_aer_operations(desc)
+    return desc
+
+
+def add_aer_operations(desc: dict[str, Any]) -> dict[str, Any]:
+    """Put Aer's operations for an aer description's method into it (imports qiskit-aer).
+
+    Configured ``basis_gates`` restrict the standard gates to those; every other operation Aer
+    offers (save instructions, unitary, initialize, control flow ...) stays.
+    """
+    from backends.aer_target import aer_operations
+
+    ops = aer_operations(str(desc["method"]))
+    wanted = set(desc.get("basis_gates") or ())
+    gate_names = [name for name, path in ops if path is None and name not in _NON_GATES]
+    if wanted:
+        unsupported = wanted - {name for name, _ in ops}
+        if unsupported:
+            raise InvalidInput(f"device {desc['name']!r}: {desc['method']} does not support "
+                               f"{', '.join(sorted(unsupported))}")
+        ops = tuple((name, path) for name, path in ops
+                    if name in wanted or path is not None or name in _NON_GATES)
+    else:
+        desc["basis_gates"] = gate_names
+    desc["operations"] = [[name, path] for name, path in ops
+                          if desc.get("control_flow") or name not in _CONTROL_FLOW_NAMES]
+    return desc
+
+
+_NON_GATES = frozenset({"measure", "reset", "delay", "barrier"})
+_CONTROL_FLOW_NAMES = frozenset({"if_else", "while_loop", "for_loop", "switch_case",
+                                 "break_loop", "continue_loop", "store"})
 
 
 class DeviceRegistry:
@@ -143,15 +181,29 @@ class DeviceRegistry:
 
     def __init__(self, specs: Iterable[DeviceSpec] = ()) -> None:
         self._specs: dict[str, DeviceSpec] = {}
+        self._aliases: dict[str, str] = {}
         for spec in specs:
             self._specs[spec.name] = spec
+        for spec in self._specs.values():
+            for alias in spec.aliases:
+                if alias not in self._specs:
+                    self._aliases.setdefault(alias, spec.name)
 
     def get(self, name: str) -> DeviceSpec:
-        try:
-            return self._specs[name]
-        except KeyError:
+        """The device by its name or an alias (``ibm_torino`` for ``fake_torino``)."""
+        spec = self.find(name)
+        if spec is None:
             raise NotFound(f"unknown device {name!r}; devices: {', '.join(self.names())}",
-                           field="device") from None
+                           field="device")
+        return spec
+
+    def find(self, name: object) -> DeviceSpec | None:
+        if not isinstance(name, str):
+            return None
+        spec = self._specs.get(name)
+        if spec is None:
+            spec = self._specs.get(self._aliases.get(name, ""))
+        return spec
 
     def names(self) -> list[str]:
         return list(self._specs)
@@ -160,7 +212,7 @@ class DeviceRegistry:
         return [describe(spec) for spec in self._specs.values()]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._specs
+        return self.find(name) is not None
 
     def __iter__(self) -> Iterator[DeviceSpec]:
         return iter(list(self._specs.values()))
@@ -282,10 +334,27 @@ def _coupling_edges(kind: str, num_qubits: int, rows: int | None, cols: int | No
 # defaults and configuration
 
 
-def _aer(name: str, method: str, description: str) -> DeviceSpec:
+def _aer(name: str, method: str, description: str, device: str = "CPU") -> DeviceSpec:
     return DeviceSpec(name=name, kind="aer", method=method, num_qubits=AER_DEFAULT_QUBITS[method],
-                      shared=True, basis_gates=AER_BASIS_GATES[method], control_flow=True,
-                      description=description)
+                      shared=True, control_flow=True, device=device, description=description)
+
+
+def _fake_specs() -> list[DeviceSpec]:
+    """A device per IBM fake backend the installed qiskit-ibm-runtime ships."""
+    from backends.ibm_fakes import PREFIX, snapshots
+
+    specs = []
+    for snap in snapshots():
+        short = snap.name.removeprefix(PREFIX)
+        aliases = tuple(dict.fromkeys(a for a in (snap.ibm_name, f"ibm_{short}")
+                                      if a != snap.name))
+        specs.append(DeviceSpec(
+            name=snap.name, kind="fake", num_qubits=snap.num_qubits, noise=True,
+            basis_gates=snap.basis_gates, edges=snap.edges or None, snapshot=snap.name,
+            aliases=aliases, control_flow=True,
+            description=f"Copy of {snap.ibm_name} ({snap.num_qubits} qubits): its coupling "
+                        "map, basis, durations and noise from qiskit-ibm-runtime's snapshot"))
+    return specs
 
 
 @cache
@@ -296,6 +365,8 @@ def _default_specs() -> tuple[DeviceSpec, ...]:
         _aer("aer_density_matrix", "density_matrix", "Aer density matrix"),
         _aer("aer_mps", "matrix_product_state", "Aer matrix product state"),
         _aer("aer_stabilizer", "stabilizer", "Aer stabilizer (Clifford circuits)"),
+        _aer("aer_statevector_gpu", "statevector", "Aer statevector on an NVIDIA GPU "
+             "(a device worker on a host with one and qiskit-aer-gpu)", device="GPU"),
         DeviceSpec(name="generic_heavy_hex_27", kind="generic", num_qubits=27, noise=True,
                    seed=27, basis_gates=GENERIC_BASIS_GATES,
                    edges=_both_directions(falcon_27_edges()),
@@ -304,7 +375,18 @@ def _default_specs() -> tuple[DeviceSpec, ...]:
                    seed=127, basis_gates=EAGLE_BASIS_GATES,
                    edges=_both_directions(eagle_127_edges()),
                    description="Eagle-like 127-qubit heavy-hex device with noise"),
+        *_fake_specs(),
     )
+
+
+def resolve_name(name: str, registry: DeviceRegistry | None = None) -> DeviceSpec:
+    """The device an IBM or fake backend name (``ibm_torino``, ``fake_torino``, ``FakeTorino``)
+    or one of ours selects; NotFound listing the devices otherwise."""
+    registry = registry if registry is not None else default_registry()
+    spec = registry.find(name)
+    if spec is None and isinstance(name, str) and name.startswith("Fake"):
+        spec = registry.find("fake_" + name.removeprefix("Fake").lower())
+    return spec if spec is not None else registry.get(name)
 
 
 def default_registry() -> DeviceRegistry:
@@ -314,7 +396,7 @@ def default_registry() -> DeviceRegistry:
 
 _DEVICE_KEYS = {"kind", "method", "num_qubits", "size", "coupling", "rows", "cols", "edges",
                 "noise", "seed", "shared", "max_memory_bytes", "basis_gates", "control_flow",
-                "description"}
+                "device", "description"}
 
 
 def _typed(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str,
@@ -357,7 +439,10 @@ def spec_from_table(name: str, table: Mapping[str, Any]) -> DeviceSpec:
                                     _typed(table, "cols", int, where, None), where)
     elif "coupling" in table or "edges" in table:
         raise InvalidInput(f"{where}: aer devices have no coupling map")
-    default_basis = GENERIC_BASIS_GATES if kind == "generic" else AER_BASIS_GATES.get(method, ())
+    if kind == "fake":
+        raise InvalidInput(f"{where}: fake devices come from qiskit-ibm-runtime; name one of them "
+                           "(fake_torino ...) instead of configuring it")
+    default_basis = GENERIC_BASIS_GATES if kind == "generic" else ()
     basis = _typed(table, "basis_gates", list, where, list(default_basis))
     return DeviceSpec(
         name=name,
@@ -371,6 +456,7 @@ def spec_from_table(name: str, table: Mapping[str, Any]) -> DeviceSpec:
         basis_gates=tuple(str(gate) for gate in basis),
         edges=edges,
         control_flow=_typed(table, "control_flow", bool, where, kind == "aer"),
+        device=_typed(table, "device", str, where, "CPU"),
         description=_typed(table, "description", str, where, ""),
     )
 
@@ -387,7 +473,8 @@ def load_devices(source: str | Path, base: DeviceRegistry | None = None) -> Devi
 
     Each ``[devices.<name>]`` table sets kind ("generic" or "aer"), num_qubits (or size),
     coupling (heavy_hex | line | grid with rows/cols | full) or edges, noise, seed, shared,
-    method, max_memory_bytes, basis_gates, control_flow. A name already known is replaced.
+    method, max_memory_bytes, basis_gates, control_flow, device (CPU or GPU). A name already
+    known is replaced.
     """
     if isinstance(source, Path) or ("\n" not in source and _is_file(source)):
         text = Path(source).read_text()

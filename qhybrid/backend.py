@@ -9,8 +9,11 @@ qiskit-aer or a server package; `import qhybrid` alone does not import it.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
+import threading
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -19,6 +22,7 @@ from qiskit.circuit import (
     ContinueLoopOp,
     ForLoopOp,
     IfElseOp,
+    Instruction,
     QuantumCircuit,
     SwitchCaseOp,
     WhileLoopOp,
@@ -42,6 +46,7 @@ __all__ = [
     "check_fits",
     "failure_message",
     "generic_backend",
+    "ibm_fake_backend",
     "result_from_json",
     "target_from_description",
     "validate_run_options",
@@ -59,6 +64,15 @@ _CONTROL_FLOW = {
     "break_loop": BreakLoopOp,
     "continue_loop": ContinueLoopOp,
 }
+
+#: Separates an Aer save instruction's label from its subtype on the way through QPY, which
+#: keeps the label but not the subtype (see `backends.aer_target.restore_save_instructions`).
+SUBTYPE_MARK = "\x1f"
+#: Modules whose operation classes an aer device description may name (never user code).
+_OPERATION_MODULES = ("qiskit.", "qiskit_aer.")
+
+_FAKES_LOCK = threading.Lock()
+_FAKES: dict[str, Any] = {}
 
 #: Our task statuses (see tasks.defaults) as Qiskit job statuses.
 _JOB_STATUS = {
@@ -125,40 +139,105 @@ def generic_backend(desc: Mapping[str, Any]) -> GenericBackendV2:
     )
 
 
+def ibm_fake_backend(name: str) -> Any:
+    """The qiskit-ibm-runtime `FakeBackendV2` named `name` (``fake_torino``); cached per process."""
+    with _FAKES_LOCK:
+        backend = _FAKES.get(name)
+        if backend is None:
+            try:
+                from qiskit_ibm_runtime.fake_provider import FakeProviderForBackendV2
+            except ImportError as exc:
+                raise InvalidInput(f"device {name!r} is a copy of an IBM device; its Target "
+                                   "needs qiskit-ibm-runtime: pip install qiskit-ibm-runtime"
+                                   ) from exc
+            with warnings.catch_warnings():   # some snapshots warn that they are synthetic
+                warnings.simplefilter("ignore", UserWarning)
+                for candidate in FakeProviderForBackendV2().backends():
+                    _FAKES.setdefault(candidate.name, candidate)
+            backend = _FAKES.get(name)
+            if backend is None:
+                raise InvalidInput(f"qiskit-ibm-runtime has no fake backend {name!r}")
+    return backend
+
+
+def _operation_class(name: str, path: Any) -> type:
+    """The class an aer device names for a variadic operation; a placeholder when it is not
+    importable here (qiskit-aer's own instructions on a client without it)."""
+    if isinstance(path, str) and path.startswith(_OPERATION_MODULES):
+        module, _, qualname = path.rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module), qualname)
+        except (ImportError, AttributeError):
+            found = None
+        if isinstance(found, type) and issubclass(found, Instruction):
+            return found
+    return Instruction
+
+
+def _aer_target(desc: Mapping[str, Any]) -> Target:
+    gates = get_standard_gate_name_mapping()
+    target = Target(description=str(desc["name"]), num_qubits=int(desc["num_qubits"]))
+    operations = desc.get("operations")
+    if operations is None:   # a description without Aer's list: its basis gates only
+        unknown = [name for name in desc["basis_gates"] if name not in gates]
+        if unknown:
+            raise InvalidInput(f"unknown basis gates {unknown} in device {desc['name']!r}")
+        operations = [[name, None] for name in [*desc["basis_gates"], "measure", "reset",
+                                                  "delay"]]
+        if desc.get("control_flow"):
+            operations += [[name, None] for name in _CONTROL_FLOW]
+    for entry in operations:
+        name, path = str(entry[0]), entry[1]
+        if name in _CONTROL_FLOW:
+            if desc.get("control_flow", True):
+                target.add_instruction(_CONTROL_FLOW[name], name=name)
+        elif path is None and name in gates:
+            target.add_instruction(gates[name])  # no properties: ideal, on any qubits
+        elif path is None:
+            raise InvalidInput(f"unknown operation {name!r} in device {desc['name']!r}")
+        else:
+            target.add_instruction(_operation_class(name, path), name=name)   # any width
+    return target
+
+
 def target_from_description(desc: Mapping[str, Any]) -> Target:
     """Rebuild a device's Target from its description, without the server.
 
     Generic devices: the GenericBackendV2 target (gate errors and durations included).
-    Aer devices: ideal basis gates on all qubits and no coupling restriction, so the
-    transpiler neither lays out nor routes.
+    IBM fake devices: the snapshot's own Target (qiskit-ibm-runtime).
+    Aer devices: what AerSimulator(method=...) accepts (the description lists Aer's
+    operations), ideal on all qubits and no coupling restriction, so the transpiler neither
+    lays out nor routes.
     """
     missing = {"name", "kind", "num_qubits", "basis_gates"} - set(desc)
     if missing:
         raise InvalidInput(f"device description lacks {', '.join(sorted(missing))}")
     if desc["kind"] == "generic":
         return generic_backend(desc).target
+    if desc["kind"] == "fake":
+        return ibm_fake_backend(str(desc.get("snapshot") or desc["name"])).target
     if desc["kind"] != "aer":
         raise InvalidInput(f"unknown device kind {desc['kind']!r}")
-    gates = get_standard_gate_name_mapping()
-    unknown = [name for name in desc["basis_gates"] if name not in gates]
-    if unknown:
-        raise InvalidInput(f"unknown basis gates {unknown} in device {desc['name']!r}")
-    target = Target(description=str(desc["name"]), num_qubits=int(desc["num_qubits"]))
-    for name in [*desc["basis_gates"], "measure", "reset", "delay"]:
-        target.add_instruction(gates[name])  # no properties: ideal, on any qubits
-    if desc.get("control_flow"):
-        for name, op in _CONTROL_FLOW.items():
-            target.add_instruction(op, name=name)
-    return target
+    return _aer_target(desc)
 
 
 # ---------------------------------------------------------------------------------------------
 # results
 
 
+#: Where `backends.codec.result_to_json` lists the saved data keyed by integers.
+INT_KEYED = "qhybrid_int_keyed"
+
+
 def result_from_json(data: Mapping[str, Any]) -> Result:
     """Rebuild a qiskit Result from `backends.codec.result_to_json` output."""
-    return Result.from_dict(decode(dict(data), path="result"))
+    raw = dict(data)
+    int_keyed = raw.pop(INT_KEYED, None) or []
+    decoded = decode(raw, path="result")
+    for index, key in int_keyed:
+        saved = decoded["results"][int(index)]["data"]
+        saved[key] = {int(k): v for k, v in saved[key].items()}
+    return Result.from_dict(decoded)
 
 
 def failure_message(data: Mapping[str, Any]) -> str:
@@ -189,7 +268,7 @@ def _unsupported(target: Target, circuit: QuantumCircuit,
         if not target.instruction_supported(operation.name, qubits):
             hint = ""
             if operation.name.startswith(("save_", "set_")):
-                hint = " (aer save/set instructions do not survive QPY; measure instead)"
+                hint = " (an Aer instruction: run it on an aer device)"
             where = f" on qubits {list(qubits)}" if operation.name in target else ""
             return f"{operation.name!r}{where} is not supported{hint}"
         for block in getattr(operation, "blocks", ()):
@@ -223,12 +302,40 @@ def check_fits(target: Target, device: str, circuits: Sequence[QuantumCircuit]) 
             )
 
 
+def _mark_subtypes(circuit: QuantumCircuit) -> QuantumCircuit:
+    """A copy whose Aer save instructions carry their subtype in the label (see SUBTYPE_MARK)."""
+    out = circuit.copy_empty_like()
+    for instruction in circuit.data:
+        op = instruction.operation
+        subtype = getattr(op, "_subtype", None)
+        if op.name.startswith("save_") and isinstance(subtype, str):
+            op = op.copy()
+            op.label = f"{op.label or op.name}{SUBTYPE_MARK}{subtype}"
+            instruction = instruction.replace(operation=op)
+        elif getattr(op, "blocks", ()):
+            op = op.replace_blocks([_mark_subtypes(block) for block in op.blocks])
+            instruction = instruction.replace(operation=op)
+        out.append(instruction, copy=False)
+    return out
+
+
+def _has_saves(circuit: QuantumCircuit) -> bool:
+    for instruction in circuit.data:
+        op = instruction.operation
+        if op.name.startswith("save_") or any(_has_saves(b) for b in getattr(op, "blocks", ())):
+            return True
+    return False
+
+
 def _sendable(circuit: QuantumCircuit) -> QuantumCircuit:
-    """The circuit, or a copy without its metadata when that is not JSON (QPY would refuse).
+    """The circuit as QPY can carry it: Aer save instructions marked with their subtype, and
+    without its metadata when that is not JSON (QPY would refuse).
 
     The server only echoes metadata back in the result header; BackendSamplerV2 and
     BackendEstimatorV2 keep their own copy, so dropping it loses nothing they use.
     """
+    if _has_saves(circuit):
+        circuit = _mark_subtypes(circuit)
     try:
         json.dumps(circuit.metadata, allow_nan=False)
     except (TypeError, ValueError):

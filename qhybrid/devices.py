@@ -173,15 +173,22 @@ def get_job_device() -> str | None:
 def get_backend(name: str | None = None) -> QhybridBackend:
     """A device as a Qiskit BackendV2 (default: the job's device).
 
-    Inside a job its tasks go through the job's supervisor, and run before standalone tasks
-    while the job holds the device; in a local-mode job, on qiskit-aer in this process;
-    elsewhere through `Client()` (the configured service).
+    Inside a job (or one of its distributed tasks) its tasks go through the supervisor, and
+    run before standalone tasks while the job holds the device; in a local-mode job, on
+    qiskit-aer in this process; elsewhere through `Client()` (the configured service). IBM
+    names select the copies of IBM devices (``ibm_torino`` is ``fake_torino``).
     """
     from qhybrid.backend import QhybridBackend
 
     name = name or get_job_device()
     if _channel.in_job():
         desc = _channel.call("device_info", name=name)
+        if desc.get("kind") == "aer" and "operations" not in desc:
+            # the supervisor loads no qiskit: Aer's operations are listed here, on the same
+            # host and installation as the device workers
+            from backends.registry import add_aer_operations
+
+            add_aer_operations(desc)
         return QhybridBackend(desc, ChannelTransport())
     if not name:
         raise InvalidInput("name a device: get_backend('aer_simulator')", field="name")

@@ -49,10 +49,11 @@ def device_registry(settings: Settings) -> DeviceRegistry:
 def device_spec(settings: Settings, name: Any, field: str = "device") -> DeviceSpec:
     """The named device; an unknown name is bad input that lists the devices."""
     devices = device_registry(settings)
-    if not isinstance(name, str) or name not in devices:
+    spec = devices.find(name)   # by name, or an IBM name (ibm_torino -> fake_torino)
+    if spec is None:
         raise InvalidInput(f"unknown device {name!r}; devices: {', '.join(devices.names())}",
                            field=field, devices=devices.names())
-    return devices.get(name)
+    return spec
 
 
 def device_threads(settings: Settings, concurrency: int = 1) -> int:
@@ -106,12 +107,15 @@ def run_quantum_task(task_id: str) -> None:
         if rec["status"] == d.CANCELED:  # its job may have ended without access to storage
             tasks.drop_circuits(services.store, rec)
         return  # canceled, or a second delivery of a task that already ran
+    timing: dict[str, float] = {}
     try:
         spec = device_registry(services.settings).get(rec["device"])
         payload = tasks.circuits(services.store, rec)
-        data = run_task(spec, payload, rec["options"], device_threads(services.settings))
+        data = run_task(spec, payload, rec["options"], device_threads(services.settings),
+                        checked=bool(rec.get("checked")), timing=timing)
         text = _dumps(data)
         fields = tasks.store_result(services.store, rec, text)
+        fields["qpu_seconds"] = round(timing.get("simulate_s", 0.0), 6)
     except Exception as exc:
         error = exc if isinstance(exc, QhybridError) else QhybridError(
             f"{type(exc).__name__}: {exc}")
@@ -120,10 +124,15 @@ def run_quantum_task(task_id: str) -> None:
         tasks.drop_circuits(services.store, rec)
         return
     if data.get("success"):
-        tasks.transition(rec, d.DONE, [d.RUNNING], ended=time.time(), **fields)
+        moved = tasks.transition(rec, d.DONE, [d.RUNNING], ended=time.time(), **fields)
     else:
-        tasks.transition(rec, d.ERROR, [d.RUNNING], ended=time.time(), **fields,
-                         error=TaskFailed(failure_message(data)).to_problem())
+        moved = tasks.transition(rec, d.ERROR, [d.RUNNING], ended=time.time(), **fields,
+                                 error=TaskFailed(failure_message(data)).to_problem())
+    if moved and rec.get("job_id"):
+        from tasks.usage import QPU_TIME, add_usage
+
+        add_usage(services.registry.r, rec["job_id"], rec.get("stage") or d.RUNNING, QPU_TIME,
+                  float(fields["qpu_seconds"]))
     tasks.drop_circuits(services.store, rec)
 
 
@@ -165,6 +174,17 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         import backends.execute  # noqa: F401
 
 
+def served_here(registry: DeviceRegistry) -> list[str]:
+    """The devices a device worker started without --devices serves: all but GPU ones, and
+    those too on a host where aer has a GPU (qiskit-aer-gpu and an NVIDIA GPU)."""
+    if all(spec.device == "CPU" for spec in registry):
+        return registry.names()
+    from backends.execute import host_devices
+
+    here = host_devices()
+    return [spec.name for spec in registry if spec.device in here]
+
+
 def worker_argv(devices: Sequence[str], concurrency: int, name: str) -> list[str]:
     """The `celery worker` command line of a device worker for `devices`."""
     from tasks.worker import event_flags
@@ -192,9 +212,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.exit(2, f"{exc}\n")
     settings = Settings.from_env()
     registry = device_registry(settings)
-    names = [n for n in args.devices.split(",") if n] or registry.names()
-    for n in names:
-        device_spec(settings, n)
+    named = [device_spec(settings, n).name for n in args.devices.split(",") if n]
+    names = named or served_here(registry)
+    if named:
+        from backends.execute import check_host
+
+        for n in named:
+            check_host(registry.get(n))   # a GPU device on a host without one: refused
     os.environ.setdefault("QHYBRID_DEVICE_THREADS",
                           str(device_threads(settings, args.concurrency)))
     # Idle OpenMP threads would otherwise spin after every simulation, taking cores from the

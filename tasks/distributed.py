@@ -74,7 +74,9 @@ _ID = re.compile(r"^[0-9a-f]{32}$")
 _DIGEST = re.compile(r"^[0-9a-f]{40}$")
 SESSION_OPS = ("tasks_hello", "tasks_target", "tasks_submit", "tasks_collect", "tasks_put",
                "tasks_fetch_object")
-TASK_OPS = (*SESSION_OPS, "update_status", "save_result", "job_info")   # inside a task
+TASK_OPS = (*SESSION_OPS, "update_status", "save_result", "job_info",   # inside a task
+            # qhybrid.get_backend() (tasks.quantum_tasks.device_ops)
+            "device_info", "qtask_submit", "qtask_status", "qtask_result", "qtask_cancel")
 MAX_REPLY_BYTES = 64 * 1024**2     # values sent back by one collect call (the rest: next call)
 WAIT_NOTE_S = 3.0                  # a waiting caller is told why tasks wait this often at most
 
@@ -375,6 +377,12 @@ def _celery() -> Any:
     return app
 
 
+def _settings() -> Any:
+    from tasks.settings import Settings
+
+    return Settings.from_env()
+
+
 class TaskSession:
     """The distributed-task operations of one caller: a job's main code, or a running task.
 
@@ -413,8 +421,13 @@ class TaskSession:
             "tasks_put": self.op_put, "tasks_fetch_object": self.op_fetch_object,
         }
         if parent_task:
+            from tasks.quantum_tasks import device_ops
+
             self._ops.update({"update_status": self.op_task_status,
                               "save_result": self.op_task_result, "job_info": self.op_job_info})
+            # get_backend() inside a task: quantum tasks as the job's user, charged to the
+            # stage its caller was in
+            self._ops.update(device_ops(env.registry, lambda: env.store, _settings, job, stage))
 
     def ops(self) -> dict[str, Callable[..., Any]]:
         return self._ops

@@ -127,11 +127,12 @@ class Executor:
                                    f"{self.read_output().decode(errors='replace')[-2000:]}")
         raise ExecutorLost("the task executor did not start in time")
 
-    def _dispatch(self, name: str, **args: Any) -> Any:
+    def _dispatch(self, _op: str, **args: Any) -> Any:
+        # `_op`, not `name`: an operation's own arguments may be called name (device_info)
         session = self.session
         if session is None:
-            raise Conflict(f"{name}: no task of this job is running in this process now")
-        return session.ops()[name](**args)
+            raise Conflict(f"{_op}: no task of this job is running in this process now")
+        return session.ops()[_op](**args)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.is_alive()

@@ -7,7 +7,9 @@ task id goes to `device.<name>`, with the higher priority when the task comes fr
 that holds the device (`tasks.reservations`). A device worker (`tasks.devices`) runs it.
 
 Every status change is one atomic Lua call, as for jobs: QUEUED -> RUNNING -> DONE | ERROR,
-or QUEUED -> CANCELED. A running task is not interrupted; it finishes.
+or QUEUED | RUNNING -> CANCELED. Canceling a running task (or ending its job) stops its
+simulation: the device worker's pool process running it is killed (Celery's revoke with
+terminate; the Celery task id is the quantum task's id) and replaced by a fresh one.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from tasks.registry import flat_record, unflat_record
 from tasks.settings import Settings
 
 if TYPE_CHECKING:
+    from tasks.registry import Registry
     from tasks.supervisor import Supervisor
 
 #: The two priorities a task is queued with, as the API names them.
@@ -70,7 +73,7 @@ end
 return 1
 """
 
-_FLOATS = {"created", "started", "ended", "updated"}
+_FLOATS = {"created", "started", "ended", "updated", "qpu_seconds"}
 _INTS = {"num_circuits", "num_qubits", "shots", "payload_bytes", "result_bytes"}
 
 # One circuit check at a time per process: qiskit's compiled extension is not relied on to be
@@ -223,29 +226,53 @@ class QuantumTasks:
 
     # --- cancel ------------------------------------------------------------------------------
     def cancel(self, store: ObjectStore, task_id: str, user: str | None) -> dict[str, Any]:
-        """A queued task never runs; a running or ended one answers Conflict."""
+        """A queued task never runs; a running one is stopped; an ended one answers Conflict."""
         rec = self.get(task_id, user)
-        if self.transition(rec, d.CANCELED, [d.QUEUED], ended=time.time()):
+        if self.transition(rec, d.CANCELED, [d.QUEUED, d.RUNNING], ended=time.time()):
+            if rec["status"] == d.RUNNING or self.get(task_id)["status"] != d.QUEUED:
+                stop_running([task_id])
             self.drop_circuits(store, rec)
             return self.get(task_id)
         rec = self.get(task_id)
         if rec["status"] == d.CANCELED:
             return rec
-        raise Conflict(f"quantum task {task_id} is {rec['status']}; only a queued task can be "
-                       "canceled (a running one finishes)", task_id=task_id, state=rec["status"])
+        raise Conflict(f"quantum task {task_id} is {rec['status']}; it has ended",
+                       task_id=task_id, state=rec["status"])
 
     def cancel_queued_for_job(self, store: ObjectStore | None, job_id: str) -> list[str]:
-        """Cancel the job's quantum tasks that have not started (the job ended)."""
-        canceled = []
+        """Cancel the job's quantum tasks that have not ended (the job ended); running ones
+        are stopped."""
+        canceled, running = [], []
         for rec in self.for_job(job_id):
-            if rec["status"] == d.QUEUED and self.transition(
-                    rec, d.CANCELED, [d.QUEUED], ended=time.time(),
-                    error=Conflict("its job ended before it ran").to_problem()):
+            if rec["status"] in (d.QUEUED, d.RUNNING) and self.transition(
+                    rec, d.CANCELED, [d.QUEUED, d.RUNNING], ended=time.time(),
+                    error=Conflict("its job ended before it finished").to_problem()):
                 canceled.append(rec["id"])
+                if rec["status"] == d.RUNNING:
+                    running.append(rec["id"])
                 self.r.delete(d.QTASK_CIRCUITS_KEY.format(task_id=rec["id"]))
                 if store is not None and rec.get("circuits_in") == "storage":
                     store.delete(keys.quantum_task_circuits(rec["user"], rec["id"]))
+        if running:
+            stop_running(running)
         return canceled
+
+
+def stop_running(task_ids: list[str]) -> None:
+    """Kill the device-worker processes simulating these tasks (already marked CANCELED).
+
+    A task that a device worker has just taken (QUEUED when canceled, not yet RUNNING) is
+    revoked too, so it is dropped if it starts; one that already ended is left alone.
+    """
+    from tasks.celery_app import app
+
+    try:
+        app.control.revoke(task_ids, terminate=True, signal="SIGKILL")
+    except Exception:   # the broker is away: the task's result is dropped when it ends
+        import logging
+
+        logging.getLogger(__name__).warning("could not stop quantum tasks %s", task_ids,
+                                            exc_info=True)
 
 
 # --- submission ----------------------------------------------------------------------------
@@ -264,13 +291,18 @@ def check_payload(circuits: Any) -> str:
 
 def submit(r: Any, store: ObjectStore, celery: Celery, settings: Settings, *, user: str,
            device: Any, circuits: Any, options: Any, job_id: str | None = None,
-           check_circuits_here: bool = True, reservation_arn: Any = None) -> dict[str, Any]:
+           check_circuits_here: bool = True, reservation_arn: Any = None, stage: str = "",
+           live_queues: Callable[[], dict[str, list[str]]] | None = None) -> dict[str, Any]:
     """Check a quantum task completely, record it QUEUED and send it to its device queue.
 
     `check_circuits_here=False` leaves decoding and checking the circuits to the device worker
-    (which refuses bad ones with the reason): job workers load no qiskit at all.
+    (which refuses bad ones with the reason): job workers load no qiskit at all. Circuits
+    checked here are recorded as such, and the device worker does not check them again.
+    `stage` is the job's stage the task's device time is charged to (QPU_TIME).
 
-    Tasks of the job that holds the device are sent with the higher priority.
+    Tasks of the job that holds the device are sent with the higher priority. A GPU device
+    that no live device worker serves is refused (`live_queues`: the registry's
+    workers_by_queue).
     """
     from backends.registry import MAX_SHOTS
     from qhybrid.run_options import validate_run_options
@@ -279,6 +311,12 @@ def submit(r: Any, store: ObjectStore, celery: Celery, settings: Settings, *, us
 
     spec = device_spec(settings, device)
     check_task(r, spec.name, user, job_id, reservation_arn)   # a reserved device refuses others
+    if spec.device != "CPU" and live_queues is not None and not live_queues().get(
+            device_queue(spec.name)):
+        raise ServiceUnavailable(
+            f"device {spec.name} simulates on an NVIDIA GPU and no device worker with one is "
+            "online: start `python -m tasks.devices --devices "
+            f"{spec.name}` on a host with an NVIDIA GPU and qiskit-aer-gpu", field="device")
     payload = check_payload(circuits)
     if options is None:
         options = {}
@@ -305,7 +343,8 @@ def submit(r: Any, store: ObjectStore, celery: Celery, settings: Settings, *, us
               # known here only when the circuits were decoded (null from inside a job)
               "num_circuits": len(batch) if check_circuits_here else None,
               "num_qubits": max(c.num_qubits for c in batch) if check_circuits_here else None,
-              "payload_bytes": len(payload), "circuits_in": "redis" if inline else "storage"}
+              "payload_bytes": len(payload), "circuits_in": "redis" if inline else "storage",
+              "checked": "1" if check_circuits_here else "", "stage": stage}
     if not inline:
         store.put_bytes(keys.quantum_task_circuits(user, task_id), payload.encode())
     pipe = r.pipeline()
@@ -320,6 +359,7 @@ def submit(r: Any, store: ObjectStore, celery: Celery, settings: Settings, *, us
     tasks = QuantumTasks(r)
     try:
         celery.send_task(RUN_QUANTUM_TASK, args=[task_id], queue=device_queue(spec.name),
+                         task_id=task_id,   # so that a cancel can stop it (stop_running)
                          priority=HOLDER_PRIORITY if priority == PRIORITY else STANDALONE_PRIORITY)
     except Exception as exc:
         tasks.transition(record, d.ERROR, [d.QUEUED], ended=time.time(),
@@ -334,23 +374,33 @@ def submit(r: Any, store: ObjectStore, celery: Celery, settings: Settings, *, us
 
 
 def channel_ops(sup: Supervisor) -> dict[str, Callable[..., Any]]:
-    """Supervisor operations behind `qhybrid.get_backend()` inside a job.
+    """Supervisor operations behind `qhybrid.get_backend()` inside a job."""
+    return device_ops(sup.registry, lambda: sup.store, lambda: sup.settings, sup.job,
+                      stage=lambda: sup.usage.stage)
 
-    The child holds no credentials: the supervisor submits and reads tasks as the job's user,
-    and only that user's tasks are visible.
+
+def device_ops(registry: Registry, store: Callable[[], ObjectStore], settings: Callable[[], Settings],
+               job: dict[str, Any], stage: Callable[[], str]) -> dict[str, Callable[..., Any]]:
+    """The channel operations behind `qhybrid.get_backend()` for code of `job`: its main code
+    (the supervisor) or one of its distributed tasks (the task worker).
+
+    User code holds no credentials: these submit and read tasks as the job's user, and only
+    that user's tasks are visible. Device time is charged to `stage()` of the job.
     """
-    user: str = sup.job["user"]
-    job_id = sup.job_id
-    tasks = QuantumTasks(sup.registry.r)
+    user: str = job["user"]
+    job_id: str = job["id"]
+    r = registry.r
+    tasks = QuantumTasks(r)
 
     def device_info(name: str | None = None) -> dict[str, Any]:
         from backends import describe
         from tasks.devices import device_spec
 
-        name = name or sup.job.get("device")
+        name = name or job.get("device")
         if not name:
             raise InvalidInput("name a device: this job has none", field="name")
-        return describe(device_spec(sup.settings, name))
+        # without Aer's operation list: this process loads no qiskit; user code adds it
+        return describe(device_spec(settings(), name), operations=False)
 
     def qtask_submit(device: str, circuits: str, options: dict[str, Any]) -> str:
         from tasks.celery_app import app as celery
@@ -358,9 +408,10 @@ def channel_ops(sup: Supervisor) -> dict[str, Callable[..., Any]]:
         # user code's QhybridBackend.run() already checked the circuits against the device's
         # Target, and the device worker checks them again: the job worker does not load qiskit
         # (its compiled extension has crashed a long-running worker process)
-        rec = submit(sup.registry.r, sup.store, celery, sup.settings, user=user, device=device,
+        rec = submit(r, store(), celery, settings(), user=user, device=device,
                      circuits=circuits, options=options, job_id=job_id,
-                     check_circuits_here=False)
+                     check_circuits_here=False, stage=stage(),
+                     live_queues=registry.workers_by_queue)
         return str(rec["id"])
 
     def qtask_status(task_id: str) -> str:
@@ -370,15 +421,16 @@ def channel_ops(sup: Supervisor) -> dict[str, Callable[..., Any]]:
         wait = d.CHANNEL_RESULT_WAIT_S if timeout is None else min(float(timeout),
                                                                    d.CHANNEL_RESULT_WAIT_S)
         rec = tasks.wait_for(task_id, user, max(0.0, wait))
-        text = tasks.result_text(sup.store, rec)
+        text = tasks.result_text(store(), rec)
         return {"done": False} if text is None else {"done": True, "result": json.loads(text)}
 
     def qtask_cancel(task_id: str) -> str:
-        return str(tasks.cancel(sup.store, task_id, user)["status"])
+        return str(tasks.cancel(store(), task_id, user)["status"])
 
     return {"device_info": device_info, "qtask_submit": qtask_submit,
             "qtask_status": qtask_status, "qtask_result": qtask_result,
             "qtask_cancel": qtask_cancel}
 
 
-__all__ = ["NORMAL", "PRIORITY", "QuantumTasks", "channel_ops", "check_payload", "submit"]
+__all__ = ["NORMAL", "PRIORITY", "QuantumTasks", "channel_ops", "check_payload", "device_ops",
+           "stop_running", "submit"]

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from qiskit import QuantumCircuit, transpile
 from qiskit.circuit import Gate
+from qiskit.circuit.library import PauliGate, U3Gate
 from qiskit.primitives import BackendEstimatorV2, BackendSamplerV2
 from qiskit.providers import JobStatus
-from qiskit.quantum_info import SparsePauliOp
+from qiskit.quantum_info import SparsePauliOp, random_unitary
 from qiskit.transpiler import CouplingMap, generate_preset_pass_manager
+from qiskit_aer import AerSimulator
 
 from backends import (
     DeviceRegistry,
@@ -31,7 +33,7 @@ from backends import (
     run_task,
 )
 from backends.execute import estimate_memory_bytes
-from backends.registry import eagle_127_edges, falcon_27_edges, heavy_hex_edges
+from backends.registry import eagle_127_edges, falcon_27_edges, heavy_hex_edges, resolve_name
 from qhybrid.backend import QhybridBackend, QhybridJob, Transport, target_from_description
 from qhybrid.codec import encode_circuits
 from qhybrid.errors import Conflict, InvalidInput, NotFound, QhybridError, TaskFailed
@@ -102,16 +104,20 @@ def undirected(edges: Any) -> set[tuple[int, int]]:
 
 
 def test_default_devices(registry: DeviceRegistry) -> None:
-    assert registry.names() == [
+    assert registry.names()[:8] == [
         "aer_simulator", "aer_statevector", "aer_density_matrix", "aer_mps", "aer_stabilizer",
-        "generic_heavy_hex_27", "generic_heavy_hex_127",
+        "aer_statevector_gpu", "generic_heavy_hex_27", "generic_heavy_hex_127",
     ]
+    assert {"fake_torino", "fake_sherbrooke", "fake_kyiv", "fake_brisbane"} <= set(
+        registry.names()[8:])
     sizes = {spec.name: spec.num_qubits for spec in registry}
     assert sizes["generic_heavy_hex_27"] == 27 and sizes["generic_heavy_hex_127"] == 127
     assert sizes["aer_density_matrix"] == 15 and sizes["aer_mps"] == 100
+    assert sizes["fake_torino"] == 133 and sizes["fake_sherbrooke"] == 127
     for spec in registry:
         assert spec.shared == (spec.kind == "aer")
-        assert spec.noise == (spec.kind == "generic")
+        assert spec.noise == (spec.kind != "aer")
+        assert spec.device == ("GPU" if spec.name.endswith("_gpu") else "CPU")
     assert registry.get("aer_mps").method == "matrix_product_state"
     with pytest.raises(NotFound) as err:
         registry.get("ibm_nowhere")
@@ -225,6 +231,9 @@ def test_description_rebuilds_the_workers_target(registry: DeviceRegistry, name:
     if spec.kind == "aer":
         assert desc["coupling_map"] is None
         assert client.build_coupling_map() is None and worker.build_coupling_map() is None
+        # exactly what AerSimulator(method=...) accepts
+        assert set(client.operation_names) == set(
+            AerSimulator(method=spec.method).target.operation_names)
         assert set(desc["basis_gates"]) <= set(worker.operation_names)
         assert set(desc["basis_gates"]) <= set(client.operation_names)
         return
@@ -488,3 +497,133 @@ def test_qhybrid_backend_imports_without_server_packages() -> None:
             "bad = [m for m in ('qiskit_aer', 'celery', 'redis', 'flask', 'boto3', 'backends', "
             "'tasks') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- aer devices accept what AerSimulator accepts ------------------------------------------
+
+
+def aer_user_circuit() -> QuantumCircuit:
+    """What a Qiskit user runs on AerSimulator(): u3, unitary, initialize, mcx, saves."""
+    qc = QuantumCircuit(4, 4)
+    qc.initialize([0, 1], 0)
+    qc.h(1)
+    qc.append(U3Gate(0.3, 0.2, 0.1), [3])
+    qc.unitary(random_unitary(4, seed=1), [2, 1])
+    qc.mcx([0, 1, 2], 3)
+    qc.save_statevector()
+    qc.save_statevector(label="per_shot", pershot=True)
+    qc.save_probabilities_dict([0, 1], label="probs")
+    qc.measure(range(4), range(4))
+    return qc
+
+
+@pytest.mark.parametrize("name", ["aer_simulator", "aer_statevector", "aer_density_matrix",
+                                  "aer_mps"])
+def test_circuit_transpiled_for_aer_simulator_runs_on_every_aer_device(
+        transport: InProcessTransport, name: str) -> None:
+    method = transport.registry.get(name).method
+    aer = AerSimulator(method=method)
+    circuit = aer_user_circuit()
+    circuit.data = [i for i in circuit.data if i.operation.name in aer.target]  # its saves
+    isa = transpile(circuit, aer, optimization_level=0)
+    wanted = {"u3", "unitary", "initialize", "mcx"} & set(aer.target.operation_names)
+    assert wanted <= set(isa.count_ops()) and "u3" in wanted
+    direct = AerSimulator(method=method).run(isa, shots=50, seed_simulator=3, memory=True).result()
+    ours = backend_for(name, transport).run(isa, shots=50, seed_simulator=3, memory=True).result()
+    assert ours.get_counts() == direct.get_counts()
+    assert ours.get_memory() == direct.get_memory()
+    assert set(ours.data(0)) == set(direct.data(0))
+    assert ours.results[0].metadata["method"] == direct.results[0].metadata["method"]
+    if "statevector" in direct.data(0):
+        assert np.allclose(ours.get_statevector(), direct.get_statevector())
+        per_shot = ours.data(0)["per_shot"]     # a per-shot save stays a list
+        assert isinstance(per_shot, list) and len(per_shot) == len(direct.data(0)["per_shot"])
+        assert ours.data(0)["probs"] == pytest.approx(dict(direct.data(0)["probs"]))
+
+
+def test_stabilizer_device_runs_what_aer_stabilizer_accepts(transport: InProcessTransport) -> None:
+    qc = QuantumCircuit(3)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.append(PauliGate("XYZ"), [0, 1, 2])
+    qc.save_stabilizer()
+    qc.measure_all()
+    isa = transpile(qc, AerSimulator(method="stabilizer"))
+    ours = backend_for("aer_stabilizer", transport).run(isa, shots=20, seed_simulator=1).result()
+    assert "stabilizer" in ours.data(0) and sum(ours.get_counts().values()) == 20
+
+
+def test_a_device_refuses_what_aer_would_refuse(transport: InProcessTransport) -> None:
+    qc = QuantumCircuit(2)
+    qc.rx(0.3, 0)    # not Clifford
+    qc.measure_all()
+    with pytest.raises(InvalidInput, match="'rx' is not supported"):
+        backend_for("aer_stabilizer", transport).run(qc)
+
+
+# --- copies of IBM devices ----------------------------------------------------------------------
+
+
+def test_fake_devices_are_the_snapshots_qiskit_ibm_runtime_ships(registry: DeviceRegistry) -> None:
+    from qiskit_ibm_runtime.fake_provider import FakeProviderForBackendV2
+
+    from backends.ibm_fakes import snapshots
+
+    shipped = {b.name: b.num_qubits for b in FakeProviderForBackendV2().backends()}
+    assert {s.name: s.num_qubits for s in snapshots()} == shipped   # the adapter's listing
+    assert {spec.name for spec in registry if spec.kind == "fake"} == set(shipped)
+
+
+def test_ibm_and_fake_names_select_the_snapshot(registry: DeviceRegistry) -> None:
+    for name in ("fake_torino", "ibm_torino", "FakeTorino"):
+        assert resolve_name(name, registry).name == "fake_torino"
+    assert resolve_name("ibm_sherbrooke", registry).snapshot == "fake_sherbrooke"
+    assert registry.get("ibm_kyiv").name == "fake_kyiv"
+    with pytest.raises(NotFound, match="unknown device 'ibm_nowhere'"):
+        resolve_name("ibm_nowhere", registry)
+
+
+def test_fake_device_target_is_the_snapshots(registry: DeviceRegistry) -> None:
+    from qiskit_ibm_runtime.fake_provider import FakeTorino
+
+    desc = json.loads(json.dumps(describe(registry.get("ibm_torino"))))
+    ours, theirs = target_from_description(desc), FakeTorino().target
+    assert set(ours.operation_names) == set(theirs.operation_names)
+    assert set(ours.build_coupling_map().get_edges()) == set(theirs.build_coupling_map().get_edges())
+    assert ours["cz"][(0, 1)].error == theirs["cz"][(0, 1)].error
+    assert ours["sx"][(0,)].duration == theirs["sx"][(0,)].duration
+    assert set(desc["basis_gates"]) == {"cz", "id", "rz", "sx", "x"}
+    assert desc["aliases"] == ["ibm_torino"]
+
+
+def test_fake_device_counts_equal_the_fake_backends_own_run(registry: DeviceRegistry) -> None:
+    # a 5-qubit snapshot keeps this fast; the torino one runs through the service in
+    # tests/test_devices.py
+    from qiskit_ibm_runtime.fake_provider import FakeManilaV2
+
+    fake = FakeManilaV2()
+    qc = QuantumCircuit(3)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.cx(1, 2)
+    qc.measure_all()
+    isa = transpile(qc, fake, seed_transpiler=1)
+    direct = fake.run(isa, shots=2000, seed_simulator=9).result().get_counts()
+    ours = backend_for("ibm_manila", InProcessTransport(registry)).run(
+        isa, shots=2000, seed_simulator=9).result().get_counts()
+    assert ours == direct and len(ours) > 2          # noisy, and the same noise
+
+
+# --- GPU devices --------------------------------------------------------------------------------
+
+
+def test_gpu_device_is_refused_where_aer_has_no_gpu(registry: DeviceRegistry) -> None:
+    from backends.execute import host_devices
+
+    if "GPU" in host_devices():
+        pytest.skip("this host has a GPU: see the README's GPU check")
+    with pytest.raises(InvalidInput, match="simulates on an NVIDIA GPU .* has none"):
+        run_task(registry.get("aer_statevector_gpu"), encode_circuits([bell()]), {}, 1)
+    proc = subprocess.run([sys.executable, "-m", "tasks.devices", "--devices",
+                           "aer_statevector_gpu"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "has none" in proc.stderr
