@@ -66,4 +66,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from app import tasks_api
 
     app.register_blueprint(tasks_api.bp)
+
+    from app import serverless_api
+
+    app.register_blueprint(serverless_api.bp)
     return app

@@ -41,6 +41,7 @@ class Settings:
     devices_path: Path | None = None   # TOML of extra devices (backends.registry.load_devices)
     device_threads: int = 0            # simulator threads per quantum task; 0: cores / slots
     allow_installs: bool = False       # hybrid jobs may pip-install their `dependencies`
+    public_url: str = ""               # the web front end's URL, for in-job gateway calls
 
     @property
     def work_dir(self) -> Path:
@@ -70,6 +71,7 @@ class Settings:
             devices_path=Path(env["QHYBRID_DEVICES"]) if env.get("QHYBRID_DEVICES") else None,
             device_threads=int(env.get("QHYBRID_DEVICE_THREADS") or 0),
             allow_installs=env.get("QHYBRID_ALLOW_INSTALLS", "0").lower() in ("1", "true", "yes"),
+            public_url=(env.get("QHYBRID_PUBLIC_URL") or "").rstrip("/"),
         )
 
 

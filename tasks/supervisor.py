@@ -26,7 +26,7 @@ from storage import keys
 from storage.store import ObjectStore
 from storage.tarsafe import pack_dir, safe_extract
 from tasks import defaults as d
-from tasks import files, quantum_tasks
+from tasks import files, quantum_tasks, serverless_job
 from tasks.channel import ChannelServer
 from tasks.child import ChildSpec
 from tasks.distributed import JobTasks
@@ -118,6 +118,7 @@ class Supervisor:
         self._result_saved = False
         self._source_snapshot: dict[str, tuple[int, int]] = {}
         self._log: BinaryIO | None = None
+        self.peer_files: dict[str, tuple[int, int]] = {}   # DATA_PATH as it was filled
 
     # --- operations the child may call -----------------------------------------------------
     def op_update_status(self, status: str) -> bool:
@@ -176,7 +177,9 @@ class Supervisor:
         if not entry.is_relative_to(src.resolve()) or not entry.is_file():
             raise InvalidInput(f"entrypoint {self.job['entrypoint']!r} is not in the program")
         threads = str(self.rc.threads())
+        peer_env = serverless_job.prepare(self)   # the qiskit_serverless package's contract
         env = clean_env({
+            **peer_env,
             "QHYBRID_JOB_ID": self.job_id,
             "QHYBRID_JOB_NAME": self.job.get("job_name") or "",
             "QHYBRID_JOB_DEVICE": self.job.get("device") or "",
@@ -267,6 +270,11 @@ class Supervisor:
     def finish(self, status: str, error: str) -> None:
         """Store logs and outputs, then record the final status (in that order)."""
         self.end_tasks(status)
+        try:
+            serverless_job.finish(self, keep=status != INTERRUPTED)
+        except Exception as exc:
+            if status == d.DONE:
+                status, error = d.ERROR, f"storing the job's DATA_PATH and result failed: {exc}"
         if status == INTERRUPTED and self.requeue is not None:
             self.requeue(error)
             shutil.rmtree(self.job_dir, ignore_errors=True)
