@@ -135,9 +135,39 @@ def _spool(source: IO[bytes], dest: Path, limit: int) -> int:
     return size
 
 
+def program_extras(dependencies: str | None, env_vars: str | None) -> dict[str, Any]:
+    """A program's `dependencies` (a JSON list of requirement strings) and `env_vars` (a JSON
+    object of strings), checked; the fields save_program keeps."""
+    out: dict[str, Any] = {}
+    if dependencies:
+        try:
+            deps = json.loads(dependencies)
+        except ValueError:
+            deps = None
+        if not isinstance(deps, list) or not all(isinstance(x, str) and x.strip() and
+                                                 len(x) <= 200 for x in deps) or len(deps) > 100:
+            raise InvalidInput("dependencies is a JSON list of up to 100 requirement strings",
+                               field="dependencies")
+        out["dependencies"] = deps
+    if env_vars:
+        try:
+            env = json.loads(env_vars)
+        except ValueError:
+            env = None
+        if not isinstance(env, dict) or not all(
+                isinstance(k, str) and re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", k)
+                and isinstance(v, str) for k, v in env.items()):
+            raise InvalidInput("env_vars is a JSON object of variable names to string values",
+                               field="env_vars")
+        out["env_vars"] = env
+    return out
+
+
 def program_json(rec: dict[str, Any]) -> dict[str, Any]:
     return {"title": rec["title"], "entrypoint": rec["entrypoint"],
             "resources": rec.get("resources"), "device": rec.get("device"),
+            "dependencies": rec.get("dependencies") or [],
+            "env_vars": sorted(rec.get("env_vars") or {}),   # names only: values may be secrets
             "size": rec.get("size"), "created": iso(rec.get("created"))}
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any, TypeVar
@@ -34,6 +33,7 @@ from storage import keys
 from tasks import defaults as d
 from tasks import job_tokens
 from tasks.files import DataFiles
+from tasks.serverless_job import MAX_EVENTS, record_error_event
 
 bp = Blueprint("serverless", __name__, url_prefix="/api/v1")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,7 +48,6 @@ OUR_STATUS = {"SUCCEEDED": d.DONE, "FAILED": d.ERROR, "STOPPED": d.CANCELED,
 OUR_SUB_STATUS = {"OPTIMIZING_HARDWARE": "OPTIMIZING_FOR_HARDWARE", "WAITING_QPU": "WAITING_FOR_QPU"}
 PEER_SUB_STATUS = {v: k for k, v in OUR_SUB_STATUS.items()}
 PEER_HEADERS = ("Service-Channel", "Service-CRN")
-MAX_EVENTS = 1000
 
 
 def our_status(status: str) -> str:
@@ -174,12 +173,8 @@ def upload_function() -> Response:
     artifact = request.files.get("artifact")
     if artifact is None:
         raise InvalidInput("attach the working directory as 'artifact' (a tar)", field="artifact")
-    dependencies = _form_json("dependencies", [], list)
-    if not all(isinstance(x, str) and x.strip() for x in dependencies):
-        raise InvalidInput("dependencies is a list of requirement strings", field="dependencies")
-    env_vars = _form_json("env_vars", {}, dict)
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
-        raise InvalidInput("env_vars maps names to string values", field="env_vars")
+    extras = jobs.program_extras(form.get("dependencies"), form.get("env_vars"))
+    dependencies, env_vars = extras.get("dependencies", []), extras.get("env_vars", {})
     schema = _form_json("arguments_schema", None, object)
     if schema is not None and not isinstance(schema, dict | bool):
         raise InvalidInput("arguments_schema is a JSON Schema (an object or a boolean)",
@@ -334,21 +329,15 @@ def job_result(job_id: str) -> Response:
     if job["status"] != d.DONE:
         return _json({"result": None})
     try:
-        text = svc.store.get_bytes(keys.job_result(job["prefix"])).decode()
+        if job.get("result_format") == "serverless":
+            text = svc.store.get_bytes(keys.job_peer_result(job["prefix"])).decode()
+        else:   # saved with qhybrid's codec: in the encoding this client reads
+            from tasks.serverless_codec import to_peer
+
+            text = to_peer(svc.store.get_bytes(keys.job_result(job["prefix"])).decode())
     except NotFound:
         return _json({"result": None})
-    if job.get("result_format") != "serverless":
-        text = _to_peer_encoding(text)
     return _json({"result": text})
-
-
-def _to_peer_encoding(text: str) -> str:
-    """A result saved with qhybrid's codec, in the encoding the Qiskit Serverless client reads."""
-    from qiskit_ibm_runtime import RuntimeEncoder
-
-    from qhybrid import codec
-
-    return json.dumps(codec.loads(text), cls=RuntimeEncoder)
 
 
 def _logs(job_id: str) -> Response:
@@ -414,22 +403,8 @@ def create_event(job_id: str) -> Response:
         raise InvalidInput("send a JSON object with type, code, message and exception", field="body")
     if str(body.get("type", "")).upper() != "ERROR":
         raise InvalidInput("type must be ERROR", field="type")
-    for name in ("code", "message", "exception"):
-        if body.get(name) in (None, ""):
-            raise InvalidInput(f"{name} is required", field=name)
-    event = {"event_type": "ERROR", "origin": "API", "context": "SEND_ERROR",
-             "created": jobs.iso(time.time()),
-             "data": {"code": str(body["code"])[:200], "message": str(body["message"])[:10000],
-                      "exception": str(body["exception"])[:200],
-                      "args": body.get("args")}}
-    encoded = json.dumps(event)
-    if len(encoded) > 64 * 1024:
-        raise InvalidInput("the event is larger than 64 KiB", field="args")
-    r = services().registry.r
-    key = d.JOB_PEER_EVENTS_KEY.format(job_id=job["id"])
-    if r.llen(key) >= MAX_EVENTS:
-        raise InvalidInput(f"a job keeps at most {MAX_EVENTS} error events", field="body")
-    r.rpush(key, encoded)
+    record_error_event(services().registry, job["id"], body.get("code"), body.get("message"),
+                       body.get("exception"), body.get("args"))
     return _json(None)
 
 

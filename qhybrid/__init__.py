@@ -38,6 +38,7 @@ from qhybrid.hybrid_env import (
 )
 from qhybrid.local_job import LocalHybridJob
 from qhybrid.runtime import get_arguments, save_result, update_status
+from qhybrid.serverless import ServerlessError, get_logger, get_provider_logger, send_error
 
 __version__ = "0.1.0"
 
@@ -48,6 +49,10 @@ __all__ = [
     "get_arguments",
     "save_result",
     "update_status",
+    "get_logger",
+    "get_provider_logger",
+    "send_error",
+    "ServerlessError",
     "get_backend",
     "distribute_task",
     "get",

@@ -109,6 +109,7 @@ class Supervisor:
         }
         self.ops.update(files.supervisor_ops(self))   # Client().files() ... inside the job
         self.ops.update(quantum_tasks.channel_ops(self))   # qhybrid.get_backend() inside the job
+        self.ops.update(serverless_job.channel_ops(self))  # qhybrid.send_error()
         self.usage = UsageMeter(registry.r, self.job_id)   # CPU seconds per stage
         self.distributed = JobTasks(self)                  # distribute_task, get, put, map_reduce
         self.ops.update(self.distributed.ops())
@@ -119,6 +120,8 @@ class Supervisor:
         self._source_snapshot: dict[str, tuple[int, int]] = {}
         self._log: BinaryIO | None = None
         self.peer_files: dict[str, tuple[int, int]] = {}   # DATA_PATH as it was filled
+        self.convert_before: list[tuple[str, str, str]] = []    # set by serverless_job.prepare
+        self.convert_after: list[tuple[str, str, str]] = []
 
     # --- operations the child may call -----------------------------------------------------
     def op_update_status(self, status: str) -> bool:
@@ -192,7 +195,8 @@ class Supervisor:
         })
         return ChildSpec(cwd=str(src), argv=[str(entry)], env=env, log_path=str(self.log_path),
                          error_path=str(self.error_path), sys_path=[str(src)], cpus=self.cpus,
-                         mem_bytes=self.rc.mem, tail_lines=d.ERROR_TRACEBACK_LINES)
+                         mem_bytes=self.rc.mem, tail_lines=d.ERROR_TRACEBACK_LINES,
+                         convert_before=self.convert_before, convert_after=self.convert_after)
 
     def watch(self, spec: ChildSpec) -> tuple[str, str]:
         """Start the child and follow it to its end: (final status, error message)."""
