@@ -215,18 +215,19 @@ def _peer_arguments(program: dict[str, Any], text: Any) -> str:
     if not isinstance(value, dict):
         raise InvalidInput("arguments must be a JSON object", field="arguments")
     schema = program.get("arguments_schema")
-    if schema is not None and schema != {}:
+    if schema is False:
+        raise InvalidInput("the function's arguments_schema accepts no arguments",
+                           field="arguments")
+    if isinstance(schema, dict) and schema:
         import jsonschema
 
-        if schema is False or (schema is not True and not isinstance(schema, bool)
-                               and next(jsonschema.Draft202012Validator(schema).iter_errors(value),
-                                        None) is not None):
-            error = None if schema is False else next(
-                jsonschema.Draft202012Validator(schema).iter_errors(value))
-            where = "/".join(str(p) for p in error.absolute_path) if error else ""
-            message = error.message if error else "the function accepts no arguments"
+        error = jsonschema.exceptions.best_match(
+            jsonschema.Draft202012Validator(schema).iter_errors(value))
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path)
             raise InvalidInput(f"arguments do not match the function's arguments_schema"
-                               f"{' at ' + where if where else ''}: {message}", field="arguments")
+                               f"{' at ' + where if where else ''}: {error.message}",
+                               field="arguments")
     return text
 
 
