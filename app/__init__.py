@@ -82,4 +82,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(prometheus.bp)
     app.register_blueprint(job_views.bp)
+
+    from app import serverless_api
+
+    app.register_blueprint(serverless_api.bp)
     return app

@@ -39,10 +39,11 @@ def upload_program() -> tuple[Response, int]:
     resources: Any = None
     if form.get("resources"):   # a JSON object, or a resource class by name
         resources = load_json(form["resources"], "resources", not_json=form["resources"])
+    extra = jobs.program_extras(form.get("dependencies"), form.get("env_vars"))
     rec = jobs.save_program(services(), g.user, title=form.get("title", ""),
                             entrypoint=form.get("entrypoint"), source=source.stream,
                             filename=source.filename or "", resources=resources,
-                            device=form.get("device") or None)
+                            device=form.get("device") or None, extra=extra)
     return jsonify(jobs.program_json(rec)), 201
 
 
@@ -71,6 +72,10 @@ def run_program(title: str) -> tuple[Response, int]:
 @token_required
 def list_jobs() -> Response:
     status = request.args.get("status") or None
+    if status:
+        from app.serverless_api import our_status
+
+        status = our_status(status)     # Qiskit Serverless' names too: SUCCEEDED, FAILED ...
     if status and status.split(":")[0] not in d.ALL_STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(d.ALL_STATUSES)} "
                            "(or RUNNING: <sub-status>)", field="status")

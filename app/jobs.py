@@ -81,8 +81,12 @@ def check_entrypoint(entrypoint: str) -> str:
 
 def save_program(svc: Services, user: str, *, title: str, entrypoint: str | None,
                  source: IO[bytes], filename: str, resources: Any = None,
-                 device: str | None = None) -> dict[str, Any]:
-    """Validate an uploaded working directory (a tar) or single .py file, then store it."""
+                 device: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate an uploaded working directory (a tar) or single .py file, then store it.
+
+    `extra`: further fields the caller validated (the Qiskit Serverless drop-in's
+    dependencies, env_vars, description ...), kept with the program.
+    """
     check_title(title)
     if resources is not None:
         pick_class(resources, svc.classes)
@@ -121,7 +125,7 @@ def save_program(svc: Services, user: str, *, title: str, entrypoint: str | None
             raise UnsupportedMediaType("source must be a tar (plain or gzip) of the working "
                                        "directory, or a single .py file", field="source")
         record = {"title": title, "entrypoint": entrypoint, "created": time.time(),
-                  "resources": resources, "device": device or "", "size": size}
+                  "resources": resources, "device": device or "", "size": size, **(extra or {})}
         svc.store.put_file(keys.program_source(user, title), archive)
     svc.registry.save_program(user, record)
     return record
@@ -140,31 +144,69 @@ def _spool(source: IO[bytes], dest: Path, limit: int) -> int:
     return size
 
 
+def program_extras(dependencies: str | None, env_vars: str | None) -> dict[str, Any]:
+    """A program's `dependencies` (a JSON list of requirement strings) and `env_vars` (a JSON
+    object of strings), checked; the fields save_program keeps."""
+    out: dict[str, Any] = {}
+    if dependencies:
+        try:
+            deps = json.loads(dependencies)
+        except ValueError:
+            deps = None
+        if not isinstance(deps, list) or not all(isinstance(x, str) and x.strip() and
+                                                 len(x) <= 200 for x in deps) or len(deps) > 100:
+            raise InvalidInput("dependencies is a JSON list of up to 100 requirement strings",
+                               field="dependencies")
+        out["dependencies"] = deps
+    if env_vars:
+        try:
+            env = json.loads(env_vars)
+        except ValueError:
+            env = None
+        if not isinstance(env, dict) or not all(
+                isinstance(k, str) and re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", k)
+                and isinstance(v, str) for k, v in env.items()):
+            raise InvalidInput("env_vars is a JSON object of variable names to string values",
+                               field="env_vars")
+        out["env_vars"] = env
+    return out
+
+
 def program_json(rec: dict[str, Any]) -> dict[str, Any]:
     return {"title": rec["title"], "entrypoint": rec["entrypoint"],
             "resources": rec.get("resources"), "device": rec.get("device"),
+            "dependencies": rec.get("dependencies") or [],
+            "env_vars": sorted(rec.get("env_vars") or {}),   # names only: values may be secrets
             "size": rec.get("size"), "created": iso(rec.get("created"))}
 
 
 # --- jobs ---------------------------------------------------------------------------------
 def run_program(svc: Services, celery: Celery, user: str, title: str,
-                body: dict[str, Any]) -> dict[str, Any]:
-    """Validate a run request completely, store its inputs, record the job, send one message."""
+                body: dict[str, Any], *, peer_arguments: str | None = None) -> dict[str, Any]:
+    """Validate a run request completely, store its inputs, record the job, send one message.
+
+    `peer_arguments` are arguments as the Qiskit Serverless client encodes them (JSON text,
+    already checked to be an object by the caller); they are stored as they came and the job
+    is marked so that its code reads them in that encoding.
+    """
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", field="body")
     unknown = set(body) - {"arguments", "resources", "max_runtime", "device"}
     if unknown:
         raise InvalidInput(f"unknown fields: {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
     program = svc.registry.get_program(user, check_title(title))
-    arguments = body.get("arguments", {})
-    if not isinstance(arguments, dict):
-        raise InvalidInput("arguments must be a JSON object", field="arguments")
-    codec.validate(arguments, path="arguments")
-    try:
-        encoded = json.dumps(arguments, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        raise InvalidInput("arguments hold NaN or Infinity, which JSON cannot; send them encoded "
-                           "(the qhybrid client does)", field="arguments") from None
+    if peer_arguments is not None:
+        encoded = peer_arguments
+    else:
+        arguments = body.get("arguments", {})
+        if not isinstance(arguments, dict):
+            raise InvalidInput("arguments must be a JSON object", field="arguments")
+        codec.validate(arguments, path="arguments")
+        try:
+            encoded = json.dumps(arguments, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            raise InvalidInput("arguments hold NaN or Infinity, which JSON cannot; send them "
+                               "encoded (the qhybrid client does)", field="arguments") from None
     if len(encoded) > d.MAX_ARGUMENTS_BYTES:
         raise PayloadTooLarge(f"arguments are larger than {d.MAX_ARGUMENTS_BYTES} bytes",
                               field="arguments")
@@ -185,7 +227,11 @@ def run_program(svc: Services, celery: Celery, user: str, title: str,
               "job_name": title, "timestamp": timestamp, "prefix": prefix,
               "entrypoint": program["entrypoint"], "resource_class": rc.name,
               "queue": jobs_queue(rc.name), "max_runtime": max_runtime, "created": created,
-              "device": device or ""}
+              "device": device or "",
+              "arguments_format": "serverless" if peer_arguments is not None else "qhybrid",
+              "env_vars": program.get("env_vars") or None,
+              "provider": program.get("provider") or None,
+              "dependencies": program.get("dependencies") or None}
     svc.registry.create_job(record)
     # A job naming a non-shared device waits in the device's line until it holds it.
     start_job(svc.registry, celery, record, hold=spec is not None and not spec.shared)

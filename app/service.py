@@ -156,7 +156,9 @@ class Service:
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the child
-        self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+        # Workers tell jobs where the in-job gateway calls go (the Qiskit Serverless drop-in).
+        env = {"QHYBRID_PUBLIC_URL": self.url, **self.env}
+        self.procs[name] = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True, preexec_fn=_die_with_parent)
         self.argv[name] = argv
 

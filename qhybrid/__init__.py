@@ -40,6 +40,7 @@ from qhybrid.hybrid_env import (
 from qhybrid.local_job import LocalHybridJob
 from qhybrid.metrics import MetricStatistic, MetricType
 from qhybrid.runtime import get_arguments, save_result, update_status
+from qhybrid.serverless import ServerlessError, get_logger, get_provider_logger, send_error
 from qhybrid.tracking import Tracker
 
 __version__ = "0.1.0"
@@ -51,6 +52,10 @@ __all__ = [
     "get_arguments",
     "save_result",
     "update_status",
+    "get_logger",
+    "get_provider_logger",
+    "send_error",
+    "ServerlessError",
     "get_backend",
     "distribute_task",
     "get",

@@ -76,6 +76,10 @@ class Client(FilesMixin):
                     data["resources"] = codec.dumps(program.resources)
                 if program.device:
                     data["device"] = program.device
+                if program.dependencies:
+                    data["dependencies"] = codec.dumps(list(program.dependencies))
+                if program.env_vars:
+                    data["env_vars"] = codec.dumps(dict(program.env_vars))
                 body = self._json("POST", "/programs", data=data,
                                   files={"source": ("source.tar.gz", fh, "application/gzip")})
         return Program.from_api(body, self)
@@ -85,6 +89,19 @@ class Client(FilesMixin):
 
     def program(self, title: str) -> Program:
         return Program.from_api(self._json("GET", f"/programs/{title}"), self)
+
+    # Qiskit Serverless' names for the same calls
+    def functions(self) -> list[Program]:
+        return self.programs()
+
+    def function(self, title: str) -> Program:
+        return self.program(title)
+
+    def get(self, title: str) -> Program:
+        return self.program(title)
+
+    def get_job_by_id(self, job_id: str) -> Job:
+        return self.job(job_id)
 
     def run(self, title: str, arguments: dict[str, Any] | None = None, *,
             resources: str | dict[str, Any] | None = None, max_runtime: int | None = None,
@@ -100,14 +117,17 @@ class Client(FilesMixin):
         return Job(self._json("POST", f"/programs/{title}/run", json=body), self)
 
     # --- jobs ------------------------------------------------------------------------------
-    def jobs(self, status: str | None = None, program: str | None = None,
+    def jobs(self, status: str | None = None, program: str | Program | None = None,
              created_after: float | str | None = None, limit: int = 10,
-             offset: int = 0) -> list[Job]:
+             offset: int = 0, function: str | Program | None = None) -> list[Job]:
+        """The newest jobs first; `status` in our names or Qiskit Serverless' (SUCCEEDED ...);
+        `function` is Qiskit Serverless' name for `program`."""
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if status:
             params["status"] = status
+        program = program or function
         if program:
-            params["program"] = program
+            params["program"] = program.title if isinstance(program, Program) else program
         if created_after is not None:
             params["created_after"] = created_after
         return [Job(j, self) for j in self._json("GET", "/jobs", params=params)["jobs"]]
@@ -134,6 +154,8 @@ class Program:
     working_dir: str | os.PathLike[str] = "./"
     resources: str | dict[str, Any] | None = None
     device: str | None = None
+    dependencies: list[str] | None = None     # installed for its jobs (pip requirement strings)
+    env_vars: dict[str, str] | None = None    # set in its jobs' environment
     created: str | None = None
     _client: Client | None = field(default=None, repr=False, compare=False)
 
@@ -141,12 +163,19 @@ class Program:
     def from_api(cls, body: dict[str, Any], client: Client) -> Program:
         return cls(title=body["title"], entrypoint=body["entrypoint"], working_dir="",
                    resources=body.get("resources"), device=body.get("device"),
-                   created=body.get("created"), _client=client)
+                   dependencies=body.get("dependencies"), created=body.get("created"),
+                   _client=client)
 
     def run(self, **arguments: Any) -> Job:
         if self._client is None:
             raise QhybridError("upload the program with Client.upload() before running it")
         return self._client.run(self.title, arguments)
+
+    def jobs(self, **filters: Any) -> list[Job]:
+        """This program's jobs (the filters of `Client.jobs`)."""
+        if self._client is None:
+            raise QhybridError("upload the program with Client.upload() first")
+        return self._client.jobs(program=self.title, **filters)
 
 
 class Job(SubStatus):
@@ -195,6 +224,10 @@ class Job(SubStatus):
         body = self._client._json("POST", f"/jobs/{self.job_id}/cancel")
         self._body = body
         return body["state"] in ("CANCELED", "CANCELING")
+
+    def stop(self) -> bool:
+        """Qiskit Serverless' older name for `cancel`."""
+        return self.cancel()
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         """Block until the job ends (server-side long-poll) or `timeout` passes."""

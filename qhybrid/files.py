@@ -96,9 +96,8 @@ class FilesMixin:
                               headers={"Content-Type": "application/octet-stream"})
         return str(body["name"])
 
-    def file_download(self, file: str, target_name: str | None = None,
-                      download_location: str | os.PathLike[str] = "./",
-                      function: Any = None) -> str:
+    def file_download(self, file: str, function: Any = None, target_name: str | None = None,
+                      download_location: str | os.PathLike[str] = "./") -> str:
         """Save a stored file as `download_location/target_name` (default: its own name).
 
         The file appears whole or not at all; the path is returned.

@@ -103,6 +103,11 @@ def job_result(prefix: str) -> str:
     return f"{_prefix(prefix)}/output/result.json"
 
 
+def job_peer_result(prefix: str) -> str:
+    """`<prefix>/output/result.serverless.json`: the result as `qiskit_serverless` saved it."""
+    return f"{_prefix(prefix)}/output/result.serverless.json"
+
+
 def job_logs(prefix: str) -> str:
     """`<prefix>/output/logs.txt`: the job's stdout and stderr."""
     return f"{_prefix(prefix)}/output/logs.txt"

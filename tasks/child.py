@@ -16,6 +16,7 @@ import signal
 import sys
 import traceback
 from dataclasses import dataclass, field
+from typing import Any
 
 from tasks.isolation import drop_capabilities
 
@@ -41,6 +42,10 @@ class ChildSpec:
     call_path: str = ""
     return_path: str = ""
     return_format: str = "json"
+    # Files to convert between qhybrid's codec and the Qiskit Serverless one (src, dst,
+    # direction), before the user's code starts and after it ends (tasks.serverless_codec).
+    convert_before: list[tuple[str, str, str]] = field(default_factory=list)
+    convert_after: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def _die_with_parent() -> None:
@@ -115,6 +120,8 @@ def main(spec: ChildSpec) -> None:
         os.chdir(spec.cwd)
         sys.path[:0] = spec.sys_path
         sys.argv = list(spec.argv)
+        sys.meta_path.append(_NoRay())   # last: an installed Ray is found first
+        _convert(spec.convert_before)
         if spec.call_path:
             _call(spec)
         else:
@@ -131,12 +138,39 @@ def main(spec: ChildSpec) -> None:
         _write(spec.error_path, format_error(exc, spec.tail_lines))
         code = 1
     finally:
+        _convert(spec.convert_after)
         try:
             sys.stdout.flush()
             sys.stderr.flush()
         except Exception:
             pass
     os._exit(code)
+
+
+class _NoRay:
+    """Answers `import ray` (when Ray is not installed) with the way to fan out on qhybrid."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "ray" or name.startswith("ray."):
+            raise ModuleNotFoundError(
+                "Ray is not available on qhybrid: fan out with qhybrid's distribute_task "
+                "(`from qhybrid import distribute_task, get`; `@distribute_task(target={'cpu': 1})`"
+                " then `get(refs)`) instead of ray.remote", name="ray")
+        return None
+
+
+def _convert(steps: list[tuple[str, str, str]]) -> None:
+    """Convert the peer's argument and result files; a file that cannot be is left as it is."""
+    if not steps:
+        return
+    try:
+        from tasks.serverless_codec import convert_file
+
+        for src, dst, direction in steps:
+            if os.path.isfile(src):
+                convert_file(src, dst, direction)
+    except Exception:
+        pass
 
 
 def _call(spec: ChildSpec) -> None:

@@ -20,6 +20,11 @@ ACTIVE_JOBS_KEY = KEY_PREFIX + "active"                # set of job ids in INITI
 REAPER_LOCK_KEY = KEY_PREFIX + "lock:reaper"
 WEB_SECRET_KEY = KEY_PREFIX + "web:secret_key"        # string: session-signing key of every web host
 SENT_JOBS_KEY = KEY_PREFIX + "sent"                    # sorted set: job id -> when its message went out
+# The Qiskit Serverless drop-in (tasks.job_tokens, app.serverless_api)
+JOB_TOKEN_KEY = KEY_PREFIX + "jobtoken:{token_hash}"   # string with TTL: "<job id>" while it runs
+JOB_TOKEN_OF_KEY = KEY_PREFIX + "job:{job_id}:token"     # string: the token hash of a running job
+JOB_PEER_EVENTS_KEY = KEY_PREFIX + "job:{job_id}:peer_events"  # list of JSON send_error events
+JOB_RUNTIME_JOBS_KEY = KEY_PREFIX + "job:{job_id}:runtime_jobs"  # list of JSON runtime job ids
 
 # --- Statuses ---------------------------------------------------------------------------
 QUEUED = "QUEUED"

@@ -45,6 +45,7 @@ class Settings:
     tar_max_members: int = defaults.TAR_MAX_MEMBERS        # members one user tar may hold
     admins: frozenset[str] = frozenset()   # users who may reserve devices for other users
     task_events: bool = True           # Celery task events and worker heartbeats (Flower)
+    public_url: str = ""               # the web front end's URL, for in-job gateway calls
 
     @property
     def work_dir(self) -> Path:
@@ -79,6 +80,7 @@ class Settings:
             admins=frozenset(u.strip() for u in env.get("QHYBRID_ADMINS", "").split(",")
                              if u.strip()),
             task_events=env.get("QHYBRID_TASK_EVENTS", "1").lower() not in ("0", "false", "no"),
+            public_url=(env.get("QHYBRID_PUBLIC_URL") or "").rstrip("/"),
         )
 
 

@@ -25,7 +25,7 @@ from storage import keys
 from storage.store import ObjectStore
 from storage.tarsafe import pack_dir, safe_extract
 from tasks import defaults as d
-from tasks import files, job_helpers, quantum_tasks, sandbox
+from tasks import files, job_helpers, quantum_tasks, sandbox, serverless_job
 from tasks.channel import ChannelServer
 from tasks.child import ChildSpec
 from tasks.distributed import JobTasks
@@ -104,6 +104,7 @@ class Supervisor:
         self.ops.update(job_helpers.supervisor_ops(self))   # log_metric, checkpoints
         self.checkpoint_dir = self.job_dir / "checkpoints"
         self.ops.update(quantum_tasks.channel_ops(self))   # qhybrid.get_backend() inside the job
+        self.ops.update(serverless_job.channel_ops(self))  # qhybrid.send_error()
         self.usage = UsageMeter(registry.r, self.job_id)   # CPU seconds per stage
         self.distributed = JobTasks(self)                  # distribute_task, get, put, map_reduce
         self.ops.update(self.distributed.ops())
@@ -114,6 +115,9 @@ class Supervisor:
         self._source_snapshot: dict[str, tuple[int, int]] = {}
         self._log: BinaryIO | None = None
         self.sandbox: sandbox.Sandbox | None = None
+        self.peer_files: dict[str, tuple[int, int]] = {}   # DATA_PATH as it was filled
+        self.convert_before: list[tuple[str, str, str]] = []    # set by serverless_job.prepare
+        self.convert_after: list[tuple[str, str, str]] = []
 
     # --- operations the child may call -----------------------------------------------------
     def op_update_status(self, status: str) -> bool:
@@ -182,7 +186,9 @@ class Supervisor:
         threads = str(self.rc.threads())
         hyperparameters = self.job_dir / "hyperparameters.json"
         hyperparameters.write_text(json.dumps(job_helpers.hyperparameters_of_arguments(args_file)))
+        peer_env = serverless_job.prepare(self)   # the qiskit_serverless package's contract
         env = clean_env({
+            **peer_env,
             "QHYBRID_JOB_ID": self.job_id,
             "QHYBRID_JOB_NAME": self.job.get("job_name") or "",
             "QHYBRID_SUPERVISOR_SOCKET": str(self.socket_path),
@@ -196,7 +202,8 @@ class Supervisor:
         })
         return ChildSpec(cwd=str(src), argv=[str(entry)], env=env, log_path=str(self.log_path),
                          error_path=str(self.error_path), sys_path=[str(src)], cpus=self.cpus,
-                         mem_bytes=self.rc.mem, tail_lines=d.ERROR_TRACEBACK_LINES)
+                         mem_bytes=self.rc.mem, tail_lines=d.ERROR_TRACEBACK_LINES,
+                         convert_before=self.convert_before, convert_after=self.convert_after)
 
     def watch(self, spec: ChildSpec) -> tuple[str, str]:
         """Start the child in the sandbox, follow it to its end: (final status, error)."""
@@ -287,6 +294,11 @@ class Supervisor:
         if self.sandbox is not None:
             self.sandbox.kill()     # already done when the job ran; its cgroup goes at the end
         self.end_tasks(status)
+        try:
+            serverless_job.finish(self, keep=status != INTERRUPTED)
+        except Exception as exc:
+            if status == d.DONE:
+                status, error = d.ERROR, f"storing the job's DATA_PATH and result failed: {exc}"
         if status == INTERRUPTED and self.requeue is not None:
             self._beating_done.set()
             self.requeue(error)

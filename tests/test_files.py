@@ -487,9 +487,10 @@ attempt("outside", lambda: client.file_upload("/etc/passwd"))
 attempt("symlink", lambda: client.file_upload("passwd.tar"))
 attempt("text", lambda: client.file_upload(__file__))
 attempt("download_outside",
-        lambda: client.file_download("result.h5", outside, download_location="/tmp"))
+        lambda: client.file_download("result.h5", target_name=outside, download_location="/tmp"))
 attempt("download_symlinked_dir",
-        lambda: client.file_download("result.h5", outside, download_location="tmp_link"))
+        lambda: client.file_download("result.h5", target_name=outside,
+                             download_location="tmp_link"))
 attempt("missing", lambda: client.file_download("nope.tar"))
 client.file_delete("old.tar")
 save_result({"uploaded": uploaded, "listed": client.files(), "refused": refused,
