@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from app.service import Service, free_port, start_redis
@@ -268,3 +270,87 @@ def isolated_service(redis_server: str) -> Iterator[RunningService]:
     yield running
     running.service.stop()
     shutil.rmtree(top, ignore_errors=True)
+
+
+# --- `qhybrid up` as a user starts it: no process of it outlives the test -----------
+MARK = "QHYBRID_TEST_UP_RUN"   # in the environment of every process a test's `qhybrid up` starts
+
+Start = Callable[..., "subprocess.Popen[str]"]
+UP_MARKS: dict[int, str] = {}    # pid of a started `qhybrid up`: its mark
+
+
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # inherited through exec, as nohup does
+
+
+def processes_of(proc: subprocess.Popen[str], marker: str) -> list[psutil.Process]:
+    """Every process of one `qhybrid up`: its tree, and any that left it but bear its mark."""
+    found: dict[int, psutil.Process] = {}
+    try:
+        found.update((p.pid, p) for p in psutil.Process(proc.pid).children(recursive=True))
+    except psutil.NoSuchProcess:
+        pass
+    for p in psutil.process_iter():
+        try:
+            if p.pid != proc.pid and p.environ().get(MARK) == marker:
+                found[p.pid] = p
+        except psutil.Error:
+            continue
+    return [p for p in found.values() if alive(p)]
+
+
+def alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def reap_up(proc: subprocess.Popen[str], marker: str) -> None:
+    """Whatever the test did: stop `qhybrid up` (its own stop first), then kill what is left."""
+    left = processes_of(proc, marker)
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    left += processes_of(proc, marker)
+    for p in left:
+        try:
+            p.kill()            # psutil refuses a pid that now names another process
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(left, timeout=10)
+
+
+@pytest.fixture
+def start_up() -> Iterator[Start]:
+    """Starts `qhybrid up`; at the end, even after a failure, no process of it is left."""
+    started: list[tuple[subprocess.Popen[str], str]] = []
+
+    def start(env: dict[str, str], data_dir: Path, port: int,
+              sigint_ignored: bool = False) -> subprocess.Popen[str]:
+        marker = uuid.uuid4().hex
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qhybrid.cli", "up", "--port", str(port), "--data-dir",
+             str(data_dir), "--classes", "small"],
+            env={**env, MARK: marker}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, preexec_fn=ignore_sigint if sigint_ignored else None)
+        started.append((proc, marker))
+        UP_MARKS[proc.pid] = marker
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops it" in line:
+                return proc
+        raise AssertionError("qhybrid up did not come up:\n" + "".join(lines))
+
+    yield start
+    for proc, marker in started:
+        reap_up(proc, marker)

@@ -15,8 +15,7 @@ import requests
 
 from app.service import Service, free_port
 from qhybrid import Client, Program
-from tests.conftest import ROOT, wait_until, write_program
-from tests.test_up import _start
+from tests.conftest import ROOT, Start, wait_until, write_program
 
 JOBS = 20
 
@@ -26,10 +25,11 @@ def _child(up: psutil.Process, name: str) -> psutil.Process:
                 or name in " ".join(p.cmdline()))
 
 
-def test_redis_killed_under_queued_jobs_comes_back_and_loses_none(tmp_path: Path) -> None:
+def test_redis_killed_under_queued_jobs_comes_back_and_loses_none(start_up: Start,
+                                                                  tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QHYBRID_", "AWS_"))}
     env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
-    up = _start(env, tmp_path / "data", free_port())
+    up = start_up(env, tmp_path / "data", free_port())
     try:
         os.environ["XDG_CONFIG_HOME"] = env["XDG_CONFIG_HOME"]
         client = Client()

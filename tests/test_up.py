@@ -7,8 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -17,102 +15,20 @@ import requests
 
 from app.service import free_port
 from qhybrid import Client, Program
-from tests.conftest import write_program
-
-MARK = "QHYBRID_TEST_UP_RUN"   # in the environment of every process a test's `qhybrid up` starts
-
-Start = Callable[..., "subprocess.Popen[str]"]
-_MARKS: dict[int, str] = {}    # pid of a started `qhybrid up`: its mark
-
-
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)     # inherited through exec, as nohup does
-
-
-def _processes_of(proc: subprocess.Popen[str], marker: str) -> list[psutil.Process]:
-    """Every process of one `qhybrid up`: its tree, and any that left it but bear its mark."""
-    found: dict[int, psutil.Process] = {}
-    try:
-        found.update((p.pid, p) for p in psutil.Process(proc.pid).children(recursive=True))
-    except psutil.NoSuchProcess:
-        pass
-    for p in psutil.process_iter():
-        try:
-            if p.pid != proc.pid and p.environ().get(MARK) == marker:
-                found[p.pid] = p
-        except psutil.Error:
-            continue
-    return [p for p in found.values() if _alive(p)]
-
-
-def _alive(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _reap(proc: subprocess.Popen[str], marker: str) -> None:
-    """Whatever the test did: stop `qhybrid up` (its own stop first), then kill what is left."""
-    left = _processes_of(proc, marker)
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-    left += _processes_of(proc, marker)
-    for p in left:
-        try:
-            p.kill()            # psutil refuses a pid that now names another process
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(left, timeout=10)
-
-
-@pytest.fixture
-def start_up() -> Iterator[Start]:
-    """Starts `qhybrid up`; at the end, even after a failure, no process of it is left."""
-    started: list[tuple[subprocess.Popen[str], str]] = []
-
-    def start(env: dict[str, str], data_dir: Path, port: int,
-              sigint_ignored: bool = False) -> subprocess.Popen[str]:
-        marker = uuid.uuid4().hex
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "qhybrid.cli", "up", "--port", str(port), "--data-dir",
-             str(data_dir), "--classes", "small"],
-            env={**env, MARK: marker}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, preexec_fn=_ignore_sigint if sigint_ignored else None)
-        started.append((proc, marker))
-        _MARKS[proc.pid] = marker
-        lines = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()  # type: ignore[union-attr]
-            if not line:
-                break
-            lines.append(line)
-            if "Ctrl-C stops it" in line:
-                return proc
-        raise AssertionError("qhybrid up did not come up:\n" + "".join(lines))
-
-    yield start
-    for proc, marker in started:
-        _reap(proc, marker)
+from tests.conftest import UP_MARKS, Start, alive, processes_of, write_program
 
 
 def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> None:
     """Send `sig`; then `qhybrid up` exits cleanly and no process it started is left."""
-    marker = _MARKS[proc.pid]
-    children = _processes_of(proc, marker)
+    marker = UP_MARKS[proc.pid]
+    children = processes_of(proc, marker)
     assert len(children) >= 3          # redis, web, worker (and their own children)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "stopped" in out
-    assert not [p for p in children if _alive(p)]
-    assert not _processes_of(proc, marker)
+    assert not [p for p in children if alive(p)]
+    assert not processes_of(proc, marker)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
