@@ -4,10 +4,12 @@ QhybridBackend with the Qiskit primitives (through an in-process stand-in for th
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -617,13 +619,18 @@ def test_fake_device_counts_equal_the_fake_backends_own_run(registry: DeviceRegi
 # --- GPU devices --------------------------------------------------------------------------------
 
 
-def test_gpu_device_is_refused_where_aer_has_no_gpu(registry: DeviceRegistry) -> None:
+def test_gpu_device_is_refused_where_aer_has_no_gpu(registry: DeviceRegistry,
+                                                    tmp_path: Path) -> None:
     from backends.execute import host_devices
 
     if "GPU" in host_devices():
         pytest.skip("this host has a GPU: see the README's GPU check")
     with pytest.raises(InvalidInput, match="simulates on an NVIDIA GPU .* has none"):
         run_task(registry.get("aer_statevector_gpu"), encode_circuits([bell()]), {}, 1)
+    # a worker host as deployed (shared Redis and storage named; neither is reached first)
+    env = {**os.environ, "QHYBRID_REDIS_URL": "redis://127.0.0.1:1/0",
+           "QHYBRID_STORAGE_URL": f"file://{tmp_path}"}
     proc = subprocess.run([sys.executable, "-m", "tasks.devices", "--devices",
-                           "aer_statevector_gpu"], capture_output=True, text=True, timeout=120)
+                           "aer_statevector_gpu"], capture_output=True, text=True, timeout=120,
+                          env=env)
     assert proc.returncode != 0 and "has none" in proc.stderr
