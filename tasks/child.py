@@ -32,7 +32,7 @@ class ChildSpec:
     error_path: str
     sys_path: list[str] = field(default_factory=list)
     cpus: list[int] = field(default_factory=list)
-    mem_bytes: int = 0              # RLIMIT_DATA; 0 in a sandbox, whose cgroup limits the tree
+    mem_bytes: int = 0              # RLIMIT_DATA per process (a sandbox's cgroup limits the tree)
     file_bytes: int = 0             # RLIMIT_FSIZE: no file bigger than the job's disk quota
     tail_lines: int = 15
     # The account user code runs as (uid, gid), when the worker is root; see tasks.isolation.

@@ -395,7 +395,8 @@ class Sandbox:
     def spawn(self, spec: ChildSpec) -> JobProcess:
         self._await_ready()
         if self.on:
-            spec.mem_bytes = 0          # the cgroup limits the whole tree, not RLIMIT_DATA
+            # The cgroup limits the whole tree; RLIMIT_DATA stays on each process, so one
+            # allocation past the class's memory is a MemoryError the user's code can see.
             spec.env["TMPDIR"] = "/tmp"
         spec.file_bytes = self.disk
         procs = self.cgroup.procs_files() if self.cgroup else []
