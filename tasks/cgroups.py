@@ -5,7 +5,7 @@ tmpfs pages included), the number of processes and CPU are limited for the whole
 so that the whole tree can be killed at once however it tried to escape (setsid, double
 forks, fork loops). cgroup v2 is used where the host has it; else the v1 `memory`, `pids`,
 `freezer` and `cpu` hierarchies. Job cgroups are made below the cgroup this process is in,
-under a directory named for this process (`qh-<pid>-<random>`), so that parallel services
+under a directory named for this process (`qh-<pid>-<random>-<pid namespace>`), so that parallel services
 on one host never collide; directories left by a worker that died are removed by the next.
 """
 
@@ -85,6 +85,17 @@ def _counter(path: Path, name: str) -> int:
             except ValueError:
                 return 0
     return 0
+
+
+def _pid_namespace() -> str:
+    """This process's PID namespace: a worker's pid, in its cgroups' names, is one of it.
+
+    Workers in other PID namespaces (containers, the simulated hosts of the tests) share the
+    cgroup hierarchy, and their pids name other processes here, or none."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -214,7 +225,7 @@ class CgroupTree:
 
     def __init__(self) -> None:
         own, mounts = _own_paths(), _mounts()
-        tag = f"qh-{os.getpid()}-{secrets.token_hex(3)}"
+        tag = f"qh-{os.getpid()}-{secrets.token_hex(3)}-{_pid_namespace()}"
         self._n = 0
         v2 = mounts.get("")
         if v2 and set(V2_CONTROLLERS) <= set(_read(Path(v2[0]) / "cgroup.controllers").split()):
@@ -305,8 +316,10 @@ def _remove_stale(parent: Path) -> None:
         return
     for entry in entries:
         parts = entry.name.split("-")
-        if len(parts) != 3 or parts[0] != "qh" or not parts[1].isdigit() or not entry.is_dir():
+        if len(parts) != 4 or parts[0] != "qh" or not parts[1].isdigit() or not entry.is_dir():
             continue
+        if parts[3] != _pid_namespace():
+            continue    # its pid means nothing here: a worker of that namespace cleans it up
         if _pid_alive(int(parts[1])):
             continue
         for child in entry.iterdir():

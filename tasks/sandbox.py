@@ -170,7 +170,9 @@ def hidden_paths(env: Mapping[str, str] | None = None) -> list[str]:
 def bwrap_argv(rw: Iterable[Path], tmp_bytes: int, user_ns: bool,
                hide: Iterable[str] = (), ro_at: Iterable[tuple[Path, Path]] = ()) -> list[str]:
     argv = [bwrap_binary(), "--die-with-parent", "--unshare-pid", "--unshare-ipc",
-            "--unshare-uts", "--unshare-cgroup-try", "--hostname", "qhybrid-job"]
+            "--unshare-uts", "--unshare-cgroup-try",
+            # the worker host's own name: user code that reports where it ran stays right
+            "--hostname", socket.gethostname()]
     if user_ns:
         argv.append("--unshare-user")
     for path in _SYSTEM_DIRS:

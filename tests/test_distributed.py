@@ -215,11 +215,13 @@ data = put(np.arange(1_000_000, dtype=np.float64))    # 8 MB: stored once, in st
 
 @distribute_task(target="small")
 def use(arr, i):
-    return float(arr.sum()) + i, os.getpid(), id(arr)
+    # a process: its pid within its sandbox's own PID namespace
+    me = (os.getpid(), os.stat("/proc/self/ns/pid").st_ino)
+    return float(arr.sum()) + i, me, id(arr)
 
 out = get([use(data, i) for i in range(100)])
-save_result({"sums": [o[0] for o in out], "loads": len({(o[1], o[2]) for o in out}),
-             "processes": len({o[1] for o in out}), "same": bool(get(data)[5] == 5.0)})
+save_result({"sums": [o[0] for o in out], "loads": len({(*o[1], o[2]) for o in out}),
+             "processes": len({tuple(o[1]) for o in out}), "same": bool(get(data)[5] == 5.0)})
 """
 
 
