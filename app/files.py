@@ -13,6 +13,7 @@ from typing import IO, Any
 from urllib.parse import quote
 
 from flask import Blueprint, Response, g, jsonify, redirect, request
+from werkzeug.routing import PathConverter
 from werkzeug.wsgi import wrap_file
 
 from app.auth import services, token_required
@@ -85,7 +86,19 @@ def list_files() -> Response:
                     "usage": files.usage(g.user).to_json()})
 
 
-@bp.put("/files/<path:name>")
+class FileNameConverter(PathConverter):
+    """A file's name in a URL: anything below `/files/` except the Qiskit Serverless
+    client's own routes there, which are never a file's name (nor answer as one)."""
+
+    regex = r"(?!upload/$|provider/?$|provider/(?:download|upload/|delete)$)[^/].*?"
+
+
+@bp.record_once
+def _register_converter(state: Any) -> None:
+    state.app.url_map.converters["filename"] = FileNameConverter
+
+
+@bp.put("/files/<filename:name>")
 @token_required
 def upload_file(name: str) -> tuple[Response, int]:
     """Store the request body as `name`, replacing a file of that name (atomically)."""
@@ -101,13 +114,13 @@ def upload_file(name: str) -> tuple[Response, int]:
     return jsonify(info.to_json()), 201 if created else 200
 
 
-@bp.get("/files/<path:name>")
+@bp.get("/files/<filename:name>")
 @token_required
 def download_file(name: str) -> Any:
     return file_response(data_files(), g.user, check_name(name), function_arg())
 
 
-@bp.delete("/files/<path:name>")
+@bp.delete("/files/<filename:name>")
 @token_required
 def delete_file(name: str) -> tuple[str, int]:
     data_files().delete(g.user, check_name(name), function_arg())
