@@ -160,7 +160,8 @@ def submit() -> Any:
 def _submit(form: dict[str, str]) -> dict[str, Any]:
     svc = services()
     jobs.check_title(form["title"].strip())
-    arguments = load_json(form["arguments"] or "{}", "arguments", parse_constant=_no_constant)
+    arguments = load_json(form["arguments"] or "{}", "arguments", parse_constant=_no_constant,
+                          subject="arguments are")
     if not isinstance(arguments, dict):
         raise InvalidInput("arguments must be a JSON object", field="arguments")
     codec.validate(arguments, path="arguments")

@@ -16,11 +16,13 @@ _RAISE: Any = object()
 
 
 def load_json(text: str | bytes, field: str, *, not_json: Any = _RAISE,
-              parse_constant: Callable[[str], Any] | None = None) -> Any:
+              parse_constant: Callable[[str], Any] | None = None,
+              subject: str | None = None) -> Any:
     """Parse JSON a request sent (its body or a form field), at most MAX_JSON_DEPTH deep.
 
     Every JSON that comes in is parsed here, so no nesting reaches code that recurses.
-    Text that is not JSON raises InvalidInput, or gives `not_json` when that is passed.
+    Text that is not JSON raises InvalidInput ("<subject> not valid JSON", the subject being
+    "<field> is" unless given), or gives `not_json` when that is passed.
     """
     try:
         value = json.loads(text, parse_constant=parse_constant)
@@ -29,7 +31,8 @@ def load_json(text: str | bytes, field: str, *, not_json: Any = _RAISE,
     except ValueError as exc:
         if not_json is not _RAISE:
             return not_json
-        raise InvalidInput(f"{field} is not valid JSON: {exc}", field=field) from None
+        raise InvalidInput(f"{subject or field + ' is'} not valid JSON: {exc}",
+                           field=field) from None
     else:
         too_deep = _depth_over(value, d.MAX_JSON_DEPTH)
     if too_deep:
