@@ -185,8 +185,8 @@ def long_circuit() -> QuantumCircuit:
     return qc.measure_all(inplace=False)
 
 
-WAITS_ON_A_LONG_TASK = inspect.getsource(long_circuit) + """
-from qiskit import QuantumCircuit, transpile
+WAITS_ON_A_LONG_TASK = "from qiskit import QuantumCircuit, transpile\n" + inspect.getsource(
+    long_circuit) + """
 from qhybrid import get_backend
 
 backend = get_backend("aer_simulator")
