@@ -215,6 +215,16 @@ def job_processes(job_id: str) -> list[int]:
     return found
 
 
+def innermost_pid(pid: int) -> int:
+    """A host process's pid in its own (innermost) PID namespace: what code in a sandbox sees
+    as os.getpid()."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+    return pid
+
+
 def bell(measure: bool = True) -> Any:
     """A Bell-state circuit, measured unless asked not to."""
     from qiskit import QuantumCircuit

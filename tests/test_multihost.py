@@ -242,7 +242,7 @@ def test_four_hosts_share_only_redis_and_s3_and_survive_one_killed(
 
     print(f"program jobs ended after {time.monotonic() - t0:.1f} s")
     out = trained.result(timeout=120)
-    assert out["steps"] == 8 and trained.state() == "DONE"
+    assert out["steps"] == 8 and trained.status() == "DONE"
     # logs, checkpoints, model.tar.gz and data files: all readable through the web host
     assert f"trained on {out['host']}" in trained.logs()
     assert trained.checkpoints() == [f"{trained.name}.json"]

@@ -140,7 +140,7 @@ def test_devices_page_shows_holder_queue_and_your_position(logged_in, service: R
     wait_until(lambda: first.state() == "RUNNING", timeout=60)
     second = hybrid_job(device=HELD, client=client)(holds)(0)
     try:
-        assert second.queue_position() == 1
+        assert second.queue_position().queue_position == "1"
         page.goto(service.url + "/devices")
         row = page.locator(f"#devices tr[data-device={HELD}]")
         assert f"your job {first.job_id[:8]}" in row.locator(".holder").inner_text()

@@ -15,7 +15,14 @@ from qiskit.quantum_info import SparsePauliOp
 
 from qhybrid import Client, JobFailed, Program
 from qhybrid.errors import Conflict, InvalidInput, NoResourceClass, NotFound, Unauthorized
-from tests.conftest import RunningService, bell, job_processes, wait_until, write_program
+from tests.conftest import (
+    RunningService,
+    bell,
+    innermost_pid,
+    job_processes,
+    wait_until,
+    write_program,
+)
 
 STAGES = """
 import time
@@ -198,7 +205,8 @@ def test_worker_killed_mid_job_runs_it_again(service: RunningService, tmp_path: 
     job = client.upload(Program(title="survivor", entrypoint="main.py", resources="medium",
                                 working_dir=write_program(tmp_path / "src", src))).run()
     wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=30)
-    [first_pid] = job_processes(job.job_id)      # the host's pid of that process
+    inner = int(pid_file.read_text())               # its pid inside its sandbox
+    [first_pid] = [p for p in job_processes(job.job_id) if innermost_pid(p) == inner]
     worker = service.service.procs["worker-medium"]
     os.kill(worker.pid, signal.SIGKILL)            # the worker only: its user code must die too
     worker.wait()

@@ -91,6 +91,7 @@ def test_the_web_comes_back_after_its_master_is_killed(tmp_path: Path, redis_ser
     worker does not outlive its master (PR_SET_PDEATHSIG)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("QHYBRID_")}
     env.update({"QHYBRID_REDIS_URL": f"{redis_server}/6", "QHYBRID_DATA_DIR": str(tmp_path),
+                "QHYBRID_STORAGE_URL": f"file://{tmp_path / 'storage'}",
                 "QHYBRID_SECRET_KEY": "test", "PYTHONPATH": str(ROOT)})
     service = Service(host="127.0.0.1", port=free_port(), env=env, classes=[],
                       log_dir=tmp_path / "logs")
