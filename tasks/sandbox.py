@@ -180,13 +180,15 @@ def bwrap_argv(rw: Iterable[Path], tmp_bytes: int, user_ns: bool,
             argv += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             argv += ["--ro-bind", path, path]
+    # private /tmp first: the service's Python or checkout may itself lie below /tmp, and is
+    # then bound on top of it below
+    argv += ["--proc", "/proc", "--dev", "/dev",
+             "--size", str(tmp_bytes), "--tmpfs", "/tmp",
+             "--size", str(tmp_bytes), "--tmpfs", "/dev/shm"]
     shown = python_paths()
     for path in shown:
         if not any(path == s or path.startswith(s + "/") for s in _SYSTEM_DIRS):
             argv += ["--ro-bind", path, path]
-    argv += ["--proc", "/proc", "--dev", "/dev",
-             "--size", str(tmp_bytes), "--tmpfs", "/tmp",
-             "--size", str(tmp_bytes), "--tmpfs", "/dev/shm"]
     # anything of ours below a shown path (a data dir inside the checkout, say) is covered
     for path in hide:
         if any(path == s or path.startswith(s + "/") for s in shown):
