@@ -145,13 +145,29 @@ def extra_binds(env: Mapping[str, str] | None = None) -> list[Path]:
 
 
 def python_paths() -> list[str]:
-    """The Python installation and import path of this service: read-only in the sandbox."""
-    cands = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
-    cands += [p for p in sys.path if p]
+    """The Python installation and import path of this service: read-only in the sandbox.
+
+    The prefixes, and of `sys.path` only the entries this process imported something from: a
+    worker started with `python -m` in `/` or in a home directory has that directory first on
+    its path, and showing it would show the whole of it.
+    """
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    entries = sorted({os.path.abspath(p) for p in sys.path if p}, key=len, reverse=True)
+    used: set[str] = set()
+    for module in list(sys.modules.values()):
+        origin = getattr(getattr(module, "__spec__", None), "origin", None)
+        if not origin or not os.path.isabs(origin):
+            continue
+        # the longest entry that holds it is the one it was imported from
+        entry = next((e for e in entries if origin.startswith(e.rstrip("/") + "/")), None)
+        if entry is not None:
+            used.add(entry)
     out: list[str] = []
-    for path in cands:
+    for path in prefixes | used:
         for p in {os.path.abspath(path), os.path.realpath(path)}:
-            if os.path.isdir(p) and not any(p == o or p.startswith(o + "/") for o in out):
+            if p == "/" or not os.path.isdir(p):
+                continue
+            if not any(p == o or p.startswith(o + "/") for o in out):
                 out = [o for o in out if not o.startswith(p + "/")] + [p]
     return sorted(out)
 

@@ -88,6 +88,13 @@ def _job(conn: socket.socket, root: int | None, msg: dict[str, object]) -> None:
         from tasks.child import ChildSpec, main
 
         main(ChildSpec(**msg["spec"]))  # type: ignore[arg-type]
+    except BaseException:
+        # before user code runs: the service's fault, for the worker's log (os._exit below
+        # would drop the traceback Python prints on the way out)
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
     finally:
         os._exit(70)
 

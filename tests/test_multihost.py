@@ -197,7 +197,8 @@ def test_four_hosts_share_only_redis_and_s3_and_survive_one_killed(
         done = sum(t.get("status") == d.DONE for t in _tasks_of(registry, fanout.job_id))
         if job["status"] == d.RUNNING and done >= 150:
             return str(job["worker"]).split(":")[0]
-        assert job["status"] not in d.TERMINAL_STATUSES, job
+        assert job["status"] not in d.TERMINAL_STATUSES, (job.get("error"), fanout.logs(),
+                                                          _diagnose(registry, fanout.job_id))
         return None
 
     t0 = time.monotonic()

@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from app.service import free_port
 from qhybrid import Client, Program
 from tests.conftest import RunningService, job_processes, run_cli, wait_until, write_program
@@ -203,3 +205,23 @@ def test_up_refuses_a_host_that_cannot_sandbox(tmp_path: Path) -> None:
     # and a setting it does not understand is an error, not a guess
     done = run_cli(*args, env={**env, "QHYBRID_SANDBOX": "maybe"})
     assert done.returncode != 0 and "QHYBRID_SANDBOX='maybe'" in done.stderr
+
+
+def test_the_sandbox_shows_only_the_import_path_entries_the_service_imports_from(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from tasks.sandbox import python_paths
+
+    # given a worker started with `python -m` in / and an unused directory on its path
+    unused = tmp_path / "unused"
+    unused.mkdir()
+    monkeypatch.setattr(sys, "path", ["/", str(unused), *sys.path])
+    shown = python_paths()
+    # then neither is shown, while the service's own code and Python are
+    assert "/" not in shown and str(unused) not in shown
+    import tasks
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(tasks.__file__)))
+    assert any(here == p or here.startswith(p + "/") for p in shown)
+    assert any(sys.base_prefix == p or sys.base_prefix.startswith(p + "/") for p in shown)
