@@ -7,13 +7,13 @@ from typing import Any
 
 from flask import Flask
 
-from tasks import defaults as d
-from tasks.celery_app import make_celery
-from tasks.defaults import WEB_REDIS_RETRY_S
-from tasks.isolation import make_undumpable
-from tasks.redis_client import set_retry_window
-from tasks.services import Services
-from tasks.settings import Settings, require_shared
+from tasks.core import defaults as d
+from tasks.core.celery_app import make_celery
+from tasks.core.defaults import WEB_REDIS_RETRY_S
+from tasks.core.redis_client import set_retry_window
+from tasks.core.services import Services
+from tasks.core.settings import Settings, require_shared
+from tasks.sandbox.isolation import make_undumpable
 
 
 def _secret_key(settings: Settings, services: Services) -> str:

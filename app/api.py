@@ -13,7 +13,7 @@ from app import jobs
 from app.auth import services, token_required
 from app.params import float_arg, int_arg, json_body, load_json
 from qhybrid.errors import InvalidInput
-from tasks import defaults as d
+from tasks.core import defaults as d
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 

@@ -6,10 +6,10 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import current_app, g, request, session
+from flask import current_app, g, redirect, request, session, url_for
 
 from qhybrid.errors import Unauthorized
-from tasks.services import Services
+from tasks.core.services import Services
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,10 +48,24 @@ def session_user() -> str | None:
 
 def log_in(token: str) -> str | None:
     """Start a browser session for `token`'s user; the cookie holds only the token's hash."""
-    from tasks.registry import hash_token
+    from tasks.core.registry import hash_token
 
     user = services().registry.user_for_token(token)
     if user:
         session.clear()
         session["token_hash"] = hash_token(token)
     return user
+
+
+def login_required(view: F) -> F:
+    """Pages need a browser session with a valid token, else the login page."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        user = session_user()
+        if not user:
+            return redirect(url_for("pages.login", next=request.full_path.rstrip("?")))
+        g.user = user
+        return view(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]

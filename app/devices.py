@@ -13,13 +13,13 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from app.auth import services, token_required
-from app.jobs import iso
-from app.params import float_arg, int_arg, json_body
+from app.params import float_arg, int_arg, iso, json_body
 from backends.registry import describe
 from qhybrid.errors import InvalidInput, PayloadTooLarge
-from tasks import defaults as d
-from tasks.devices import device_registry, device_status
-from tasks.quantum_tasks import QuantumTasks, submit
+from tasks.core import defaults as d
+from tasks.devices.catalog import device_registry
+from tasks.devices.quantum_tasks import QuantumTasks, submit
+from tasks.devices.status import device_status
 
 bp = Blueprint("devices", __name__, url_prefix="/api/v1")
 

@@ -19,8 +19,8 @@ from werkzeug.exceptions import (
 )
 
 from qhybrid.errors import QhybridError, ServiceUnavailable
-from tasks import defaults as d
-from tasks.redis_client import RedisUnavailable
+from tasks.core import defaults as d
+from tasks.core.redis_client import RedisUnavailable
 
 log = logging.getLogger(__name__)
 

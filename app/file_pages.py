@@ -25,12 +25,11 @@ from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import NEED_DATA, Data, Epilogue, Field, File, MultipartDecoder
 from wtforms.validators import ValidationError
 
-from app.auth import services
+from app.auth import login_required, services
 from app.files import data_files, drain, file_response
-from app.jobs import iso
-from app.pages import login_required
+from app.params import iso
 from qhybrid.errors import InvalidInput, QhybridError
-from tasks.files import CHUNK, UploadInterrupted
+from tasks.files.data_files import CHUNK, UploadInterrupted
 
 bp = Blueprint("file_pages", __name__)
 MAX_FIELD_BYTES = 4096          # csrf_token and function; the file is the only big part

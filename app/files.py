@@ -19,8 +19,8 @@ from werkzeug.wsgi import wrap_file
 from app.auth import services, token_required
 from qhybrid.errors import QhybridError
 from qhybrid.files import check_name
-from tasks import defaults as d
-from tasks.files import CHUNK, DataFiles, FileInfo, UploadInterrupted
+from tasks.core import defaults as d
+from tasks.files.data_files import CHUNK, DataFiles, FileInfo, UploadInterrupted
 
 bp = Blueprint("files", __name__, url_prefix="/api/v1")
 

@@ -8,8 +8,8 @@ from flask import Blueprint, Response, jsonify, request
 
 from app.auth import services
 from qhybrid.errors import InvalidInput
-from tasks.devices import device_registry
-from tasks.queues import device_queue, jobs_queue, tasks_queue
+from tasks.core.queues import device_queue, jobs_queue, tasks_queue
+from tasks.devices.catalog import device_registry
 
 bp = Blueprint("health", __name__)
 

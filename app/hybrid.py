@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 from celery import Celery
 
 from app import jobs
-from app.params import load_json
+from app.params import iso, load_json
 from qhybrid.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge
 from qhybrid.hybrid_rules import (
     JOB_ARN_PREFIX,
@@ -31,18 +31,19 @@ from qhybrid.hybrid_rules import (
     check_tags,
 )
 from qhybrid.metrics import check_view, pivot
+from qhybrid.resources import pick_class
 from qhybrid.script_mode import ENTRY_POINT_RE
 from storage import keys
 from storage.store import validate_prefix
 from storage.tarsafe import safe_extract
-from tasks import defaults as d
-from tasks import metrics, reservations
-from tasks.devices import device_spec
-from tasks.hybrid import KIND
-from tasks.queues import jobs_queue
-from tasks.reservations import start_job
-from tasks.resources import pick_class
-from tasks.services import Services
+from tasks.core import defaults as d
+from tasks.core.queues import jobs_queue
+from tasks.core.services import Services
+from tasks.devices import reservations
+from tasks.devices.catalog import device_spec
+from tasks.devices.holders import start_job
+from tasks.jobs import metrics
+from tasks.jobs.hybrid import KIND
 
 METADATA_FIELDS = {"job_name", "device", "resources", "max_runtime", "hyperparameters",
                    "hyperparameters_truncated", "dependencies", "copy_checkpoints_from_job",
@@ -334,7 +335,7 @@ def job_metrics(svc: Services, user: str, job_id: str, metric_type: str,
 def list_checkpoints(svc: Services, user: str, job_id: str) -> list[dict[str, Any]]:
     job = svc.registry.get_job(job_id, user)        # every job kind may save checkpoints
     base = keys.job_checkpoints(job["prefix"])
-    return [{"name": obj.key[len(base):], "size": obj.size, "modified": jobs.iso(obj.modified)}
+    return [{"name": obj.key[len(base):], "size": obj.size, "modified": iso(obj.modified)}
             for obj in svc.store.list(base)]
 
 

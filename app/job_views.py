@@ -23,18 +23,19 @@ from flask import (
 from flask.typing import ResponseReturnValue
 
 from app import jobs
-from app.auth import services
-from app.pages import login_required
+from app.auth import login_required, services
+from app.params import iso
 from qhybrid import codec
 from qhybrid.errors import Conflict, InvalidInput, NotFound
 from storage import keys
-from tasks import defaults as d
-from tasks import metrics
-from tasks.devices import device_registry, device_status
-from tasks.hybrid import KIND as HYBRID
-from tasks.queues import jobs_queue, tasks_queue
-from tasks.registry import display_status
-from tasks.reservations import queue_position
+from tasks.core import defaults as d
+from tasks.core.queues import jobs_queue, tasks_queue
+from tasks.core.registry import display_status
+from tasks.devices.catalog import device_registry
+from tasks.devices.line import queue_position
+from tasks.devices.status import device_status
+from tasks.jobs import metrics
+from tasks.jobs.hybrid import KIND as HYBRID
 
 bp = Blueprint("job_views", __name__)
 MAX_SHOWN_ITEMS = 2000          # ndarray elements shown before only the shape is
@@ -114,7 +115,7 @@ def human(seconds: float | None) -> str:
 def hybrid_context(svc: Any, rec: dict[str, Any]) -> dict[str, Any]:
     """What the page shows of a hybrid job beyond a program job's facts."""
     base = keys.job_checkpoints(rec["prefix"])
-    checkpoints = [{"name": o.key[len(base):], "size": o.size, "modified": jobs.iso(o.modified)}
+    checkpoints = [{"name": o.key[len(base):], "size": o.size, "modified": iso(o.modified)}
                    for o in svc.store.list(base)]
     return {"hyperparameters": rec.get("hyperparameters") or {},
             "checkpoints": checkpoints,
@@ -123,7 +124,7 @@ def hybrid_context(svc: Any, rec: dict[str, Any]) -> dict[str, Any]:
 
 def quantum_tasks(svc: Any, job_id: str) -> list[dict[str, Any]]:
     from app.devices import task_json
-    from tasks.quantum_tasks import QuantumTasks
+    from tasks.devices.quantum_tasks import QuantumTasks
 
     return [task_json(t) for t in QuantumTasks(svc.registry.r).for_job(job_id)]
 
@@ -186,7 +187,7 @@ def programs() -> str:
     for p in svc.registry.list_programs(g.user):
         _, runs = svc.registry.list_jobs(g.user, program=p["title"], limit=1)
         rows.append({"title": p["title"], "entrypoint": p.get("entrypoint") or "",
-                     "resources": p.get("resources") or "", "created": jobs.iso(p.get("created")),
+                     "resources": p.get("resources") or "", "created": iso(p.get("created")),
                      "runs": runs})
     return render_template("programs.html", programs=rows)
 

@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from celery import Celery
 
+from app.params import iso
 from qhybrid import codec
 from qhybrid.errors import (
     Conflict,
@@ -27,21 +28,16 @@ from qhybrid.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from qhybrid.resources import pick_class
 from storage import keys
 from storage.tarsafe import is_tar, safe_extract
-from tasks import defaults as d
-from tasks.devices import device_spec
-from tasks.queues import jobs_queue
-from tasks.registry import display_status
-from tasks.reservations import queue_position, start_job
-from tasks.resources import pick_class
-from tasks.services import Services
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from tasks.core import defaults as d
+from tasks.core.queues import jobs_queue
+from tasks.core.registry import display_status
+from tasks.core.services import Services
+from tasks.devices.catalog import device_spec
+from tasks.devices.holders import start_job
+from tasks.devices.line import queue_position
 
 
 def parse_time(value: str, field: str) -> float:

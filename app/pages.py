@@ -6,7 +6,6 @@ user's token. Every form is CSRF-protected; the JSON API (bearer tokens, no cook
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import time
@@ -31,14 +30,14 @@ from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from app import jobs
-from app.auth import log_in, services, session_user
-from app.params import load_json
+from app.auth import log_in, login_required, services
+from app.params import iso, load_json
 from qhybrid import codec
 from qhybrid.errors import Conflict, InvalidInput, PayloadTooLarge, QhybridError
+from qhybrid.resources import pick_class
 from storage import keys
-from tasks import defaults as d
-from tasks.registry import display_status
-from tasks.resources import pick_class
+from tasks.core import defaults as d
+from tasks.core.registry import display_status
 
 bp = Blueprint("pages", __name__)
 csrf = CSRFProtect()
@@ -61,20 +60,6 @@ def init_app(app: Flask) -> None:
     def _csrf_protect() -> None:
         if app.config.get("WTF_CSRF_ENABLED", True) and not request.path.startswith(API_PREFIX):
             csrf.protect(apply_exemptions=True)
-
-
-def login_required(view: F) -> F:
-    """Pages need a browser session with a valid token, else the login page."""
-
-    @functools.wraps(view)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        user = session_user()
-        if not user:
-            return redirect(url_for("pages.login", next=request.full_path.rstrip("?")))
-        g.user = user
-        return view(*args, **kwargs)
-
-    return wrapped  # type: ignore[return-value]
 
 
 @bp.errorhandler(QhybridError)
@@ -117,8 +102,8 @@ def index() -> str:
 
 
 def _index(form: dict[str, str], error: QhybridError | None = None) -> str:
-    from app.devices import device_registry
     from app.job_views import duration_s, human, list_filters
+    from tasks.devices.catalog import device_registry
 
     svc = services()
     filters = list_filters(request.args)
@@ -129,7 +114,7 @@ def _index(form: dict[str, str], error: QhybridError | None = None) -> str:
     rows = [{"id": j["id"], "program": j.get("program") or j.get("job_name") or "",
              "kind": j.get("kind") or "program",
              "status": display_status(j["status"], j.get("sub_status")), "state": j["status"],
-             "created": jobs.iso(j.get("created")), "duration": human(duration_s(j))}
+             "created": iso(j.get("created")), "duration": human(duration_s(j))}
             for j in page]
     args = {k: v for k, v in request.args.items() if k != "page" and v}
     return render_template("index.html", classes=list(svc.classes.values()), form=form,
@@ -305,7 +290,7 @@ def job_state(job_id: str) -> Response:
     return jsonify({"status": display_status(rec["status"], rec.get("sub_status")),
                     "state": rec["status"], "terminal": terminal, "logs": text,
                     "next_offset": next_offset,
-                    "events": [{**e, "at": jobs.iso(e["at"])} for e in events]})
+                    "events": [{**e, "at": iso(e["at"])} for e in events]})
 
 
 @bp.post("/jobs/<job_id>/cancel")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import request
 
 from qhybrid.errors import InvalidInput
-from tasks import defaults as d
+from tasks.core import defaults as d
 
 _RAISE: Any = object()
 
@@ -83,3 +84,10 @@ def float_arg(name: str, default: float, lo: float, hi: float) -> float:
     if not math.isfinite(value) or not lo <= value <= hi:
         raise InvalidInput(f"{name} must be from {lo:g} to {hi:g}", field=name)
     return value
+
+
+def iso(ts: float | None) -> str | None:
+    """A time as the API writes it: ISO 8601 in UTC, to the millisecond (`...Z`)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,7 +1,7 @@
 """`GET /metrics`: the service's state for Prometheus, read from Redis at scrape time.
 
 Nothing is held in the web process: counters and histograms are kept in Redis by whichever
-process saw the event (tasks.monitoring), gauges are read from the registry and the queues.
+process saw the event (tasks.core.monitoring), gauges are read from the registry and the queues.
 So any number of gunicorn workers, and workers on any host, give one consistent answer, with
 no prometheus-client multiprocess directory to share. Open without a token, like /healthz:
 it holds counts only (no user names, job ids or programs); keep it off a public address.
@@ -22,11 +22,11 @@ from prometheus_client.core import (
 )
 
 from app.auth import services
-from tasks import defaults as d
-from tasks import monitoring
-from tasks.devices import device_registry
-from tasks.queues import device_queue, jobs_queue, tasks_queue
-from tasks.services import Services
+from tasks.core import defaults as d
+from tasks.core import monitoring
+from tasks.core.queues import device_queue, jobs_queue, tasks_queue
+from tasks.core.services import Services
+from tasks.devices.catalog import device_registry
 
 bp = Blueprint("prometheus", __name__)
 
@@ -119,7 +119,7 @@ class ServiceCollector:
         return gauge
 
     def _device_queues(self, r: Any) -> Metric:
-        from tasks.quantum_tasks import QuantumTasks
+        from tasks.devices.quantum_tasks import QuantumTasks
 
         gauge = GaugeMetricFamily("qhybrid_device_queue_depth", "Quantum tasks waiting for "
                                   "each device, by priority", labels=["device", "priority"])

@@ -1,6 +1,6 @@
 """Device reservations: the JSON API (/api/v1/reservations) and the HTML page (/reservations).
 
-A reservation gives its user a device for a time window (tasks.reservations has the rules);
+A reservation gives its user a device for a time window (tasks.devices.reservations has the rules);
 hybrid jobs and quantum tasks name it by its arn (`reservation_arn`).
 """
 
@@ -20,12 +20,12 @@ from flask import (
     url_for,
 )
 
-from app.auth import services, token_required
-from app.pages import login_required
+from app.auth import login_required, services, token_required
 from app.params import json_body
 from qhybrid.errors import InvalidInput, QhybridError
-from tasks import reservations as rs
-from tasks.devices import device_registry
+from tasks.devices import holders
+from tasks.devices import reservations as rs
+from tasks.devices.catalog import device_registry
 
 api = Blueprint("reservations_api", __name__, url_prefix="/api/v1")
 pages = Blueprint("reservation_pages", __name__)
@@ -69,7 +69,7 @@ def get(res_id: str) -> Response:
 @api.post("/reservations/<res_id>/cancel")
 @token_required
 def cancel(res_id: str) -> Response:
-    return jsonify(rs.reservation_json(rs.cancel_reservation(services(), g.user, res_id)))
+    return jsonify(rs.reservation_json(holders.cancel_reservation(services(), g.user, res_id)))
 
 
 # --- the page -------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ def page_create() -> Any:
 @login_required
 def page_cancel(res_id: str) -> Any:
     try:
-        rs.cancel_reservation(services(), g.user, res_id)
+        holders.cancel_reservation(services(), g.user, res_id)
     except QhybridError as exc:
         return _page(exc), exc.status
     flash("Canceled the reservation.")

@@ -11,7 +11,10 @@ Errors keep the problem+json shape, with every value a string: the client concat
 values and its error formatter fails on other types.
 
 Besides a user's token, the in-job calls of the `qiskit_serverless` package (sub_status,
-event, runtime_jobs, files) accept the job-scoped token of `tasks.job_tokens`.
+event, runtime_jobs, files) accept the job-scoped token of `tasks.jobs.tokens`.
+
+Longer than 500 lines: every route the Qiskit Serverless client calls, in one blueprint, in
+the order of the gateway's own API.
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ from werkzeug.exceptions import HTTPException
 
 from app import jobs
 from app.auth import services
+from app.params import iso
 from qhybrid.errors import Forbidden, InvalidInput, NotFound, QhybridError, Unauthorized
 from qhybrid.files import check_name
 from storage import keys
-from tasks import defaults as d
-from tasks import job_tokens
-from tasks.files import DataFiles
-from tasks.serverless_job import MAX_EVENTS, record_error_event
+from tasks.core import defaults as d
+from tasks.files.data_files import DataFiles
+from tasks.jobs import tokens as job_tokens
+from tasks.jobs.serverless import MAX_EVENTS, record_error_event
 
 bp = Blueprint("serverless", __name__, url_prefix="/api/v1")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -273,7 +277,7 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
             "sub_status": PEER_SUB_STATUS.get(sub, sub) if sub else None,
             "program": {"id": job.get("program"), "title": job.get("program"),
                         "provider": job.get("provider")},
-            "created": jobs.iso(job.get("created")), "compute_profile": None, "fleet_id": None,
+            "created": iso(job.get("created")), "compute_profile": None, "fleet_id": None,
             "business_model": None}
 
 
@@ -333,7 +337,7 @@ def job_result(job_id: str) -> Response:
         if job.get("result_format") == "serverless":
             text = svc.store.get_bytes(keys.job_peer_result(job["prefix"])).decode()
         else:   # saved with qhybrid's codec: in the encoding this client reads
-            from tasks.serverless_codec import to_peer
+            from tasks.sandbox.serverless_codec import to_peer
 
             text = to_peer(svc.store.get_bytes(keys.job_result(job["prefix"])).decode())
     except NotFound:
@@ -375,7 +379,7 @@ def _status_events(job: dict[str, Any]) -> list[dict[str, Any]]:
     for e in services().registry.events(job["id"]):
         sub = e.get("sub_status")
         out.append({"event_type": "SUB_STATUS_CHANGE" if sub else "STATUS_CHANGE",
-                    "origin": "SCHEDULER", "context": "RUN", "created": jobs.iso(e.get("at")),
+                    "origin": "SCHEDULER", "context": "RUN", "created": iso(e.get("at")),
                     "data": {"status": PEER_STATUS.get(e.get("status", ""), e.get("status")),
                              **({"sub_status": PEER_SUB_STATUS.get(sub, sub)} if sub else {})}})
     return out

@@ -24,18 +24,18 @@ from urllib.parse import urlsplit
 import requests
 
 from qhybrid import config
-from tasks.defaults import (
+from qhybrid.resources import load_classes
+from tasks.core.defaults import (
     GUNICORN_LIMIT_FIELD_SIZE,
     GUNICORN_LIMIT_REQUEST_LINE,
     REDIS_RESTART_WAIT_S,
     WEB_REDIS_RETRY_S,
 )
-from tasks.isolation import job_account, private_dir
-from tasks.queues import device_queue, jobs_queue, tasks_queue
-from tasks.redis_client import connect, redis_server_binary, set_retry_window
-from tasks.registry import Registry
-from tasks.resources import load_classes
-from tasks.settings import Settings
+from tasks.core.queues import device_queue, jobs_queue, tasks_queue
+from tasks.core.redis_client import connect, redis_server_binary, set_retry_window
+from tasks.core.registry import Registry
+from tasks.core.settings import Settings
+from tasks.sandbox.isolation import job_account, private_dir
 
 LOCAL_USER = "local"
 DEVICE_WORKER = "worker-devices"   # "worker-": stop() signals its main process, not its pool
@@ -97,7 +97,7 @@ def restart_redis_if_exited(proc: subprocess.Popen[bytes], data_dir: Path, url: 
                             log: Any = print) -> subprocess.Popen[bytes] | None:
     """The embedded redis-server again, on the same port and AOF, if it exited; else None.
 
-    Workers and the web reconnect by themselves (tasks.redis_client, Celery's broker retry);
+    Workers and the web reconnect by themselves (tasks.core.redis_client, Celery's broker retry);
     meanwhile the API answers 503 with Retry-After.
     """
     if proc.poll() is None:
@@ -192,15 +192,15 @@ class Service:
             (self.shared_workers and "worker-tasks" in self.procs)
 
     def start_device_workers(self) -> None:
-        """One device worker consuming every configured device's queue (tasks.devices)."""
+        """One device worker consuming every configured device's queue (tasks.devices.worker)."""
         self._spawn(DEVICE_WORKER, device_worker_command())
 
     def _device_queues(self) -> list[str]:
         if DEVICE_WORKER not in self.procs:
             return []
-        from tasks.devices import device_registry
+        from tasks.devices.catalog import device_registry
 
-        # GPU devices are served only where a GPU is (tasks.devices.served_here): not awaited
+        # GPU devices are served only where a GPU is (tasks.devices.worker.served_here): not awaited
         return [device_queue(spec.name) for spec in device_registry(Settings.from_env(self.env))
                 if spec.device == "CPU"]
 
@@ -326,11 +326,12 @@ def procfile(classes: list[str] | None = None) -> str:
 def check_sandbox(env: dict[str, str]) -> str:
     """How user code will be sandboxed here; a clear error when it cannot be (never a
     silent downgrade: QHYBRID_SANDBOX=off is the explicit way to run without)."""
-    from tasks import sandbox
+    from tasks.sandbox import box as sandbox
+    from tasks.sandbox.bwrap import SandboxUnavailable
 
     try:
         return sandbox.check_host(env)
-    except sandbox.SandboxUnavailable as exc:
+    except SandboxUnavailable as exc:
         raise SystemExit(f"qhybrid up: user code cannot be sandboxed on this host: {exc}") from None
     finally:
         sandbox.shutdown()
@@ -405,7 +406,7 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
         service.start_workers()
         service.start_device_workers()
         service.wait_ready(timeout=120)
-        from tasks.celery_app import root_notice
+        from tasks.core.celery_app import root_notice
 
         log(f"qhybrid is up at {service.url}")
         log(f"  token of user '{LOCAL_USER}': {token}  (written to {config.config_path()})")

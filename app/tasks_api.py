@@ -11,11 +11,13 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 
 from app.auth import services, token_required
-from app.jobs import iso
-from app.params import int_arg
+from app.params import int_arg, iso
 from qhybrid.errors import InvalidInput, NotFound
-from tasks import defaults as d
-from tasks.distributed import (
+from tasks.core import defaults as d
+from tasks.core.queues import tasks_queue
+from tasks.core.services import Services
+from tasks.core.usage import usage_json
+from tasks.distributed.records import (
     TaskRegistry,
     list_tasks,
     queued_by_class,
@@ -23,9 +25,6 @@ from tasks.distributed import (
     task_log,
     waiting_for,
 )
-from tasks.queues import tasks_queue
-from tasks.services import Services
-from tasks.usage import usage_json
 
 bp = Blueprint("tasks_api", __name__, url_prefix="/api/v1")
 PAGE_TASKS_LISTED = 200

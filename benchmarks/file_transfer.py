@@ -46,8 +46,8 @@ from boto3.s3.transfer import TransferConfig
 from app.service import Service, free_port, start_redis
 from qhybrid import Client
 from storage.store import MULTIPART
-from tasks.redis_client import connect
-from tasks.registry import Registry
+from tasks.core.redis_client import connect
+from tasks.core.registry import Registry
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.service import Service, free_port, start_redis
-from tasks.redis_client import connect
-from tasks.registry import Registry
+from tasks.core.redis_client import connect
+from tasks.core.registry import Registry
 
 
 @contextlib.contextmanager

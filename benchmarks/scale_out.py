@@ -54,8 +54,8 @@ def measure(workers: int, tasks: int, rounds: int) -> list[float]:
 
     from app.service import free_port, start_redis
     from qhybrid import Client, Program
-    from tasks.redis_client import connect
-    from tasks.registry import Registry
+    from tasks.core.redis_client import connect
+    from tasks.core.registry import Registry
     from tests.simhosts import SimHost
 
     tmp = Path(tempfile.mkdtemp(prefix="qh-scale-"))

@@ -100,8 +100,8 @@ def serial_run(n: int, threads: int | None) -> dict[str, object]:
 def fanned_out(n: int) -> tuple[float, list[int]]:
     from app.service import Service, free_port, start_redis, task_worker_command, worker_command
     from qhybrid import Client, Program
-    from tasks.redis_client import connect
-    from tasks.registry import Registry
+    from tasks.core.redis_client import connect
+    from tasks.core.registry import Registry
 
     tmp = Path(tempfile.mkdtemp(prefix="qh-bench-"))
     redis_proc, redis_url = start_redis(tmp / "data")

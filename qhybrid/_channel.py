@@ -1,4 +1,4 @@
-"""The user side of the local channel to the job's supervisor (see tasks/channel.py)."""
+"""The user side of the local channel to the job's supervisor (see tasks/core/channel.py)."""
 
 from __future__ import annotations
 

@@ -30,6 +30,10 @@ LOCAL_WORKER_ENV = "QHYBRID_LOCAL_WORKER"    # set in local-pool processes: nest
 TASK_ID_ENV = "QHYBRID_TASK_ID"              # the task running now, for user code that asks
 ERROR_LINES = 40                             # remote traceback lines sent back
 
+# Run after each task, while it is still the running one: qhybrid.distributed adds its flush
+# of the calls the task made but did not wait for (when the task imported it).
+AFTER_TASK: list[Callable[[], None]] = []
+
 _HEAD = struct.Struct("!II")
 _LEN = struct.Struct("!Q")
 
@@ -212,12 +216,12 @@ def run_one(header: dict[str, Any], blobs: list[bytes],
 
 def _flush_user_side() -> None:
     """Send the calls the task made but did not wait for, while it is still the running task."""
-    try:
-        from qhybrid import distributed
-
-        distributed.flush()
-    except Exception as exc:     # the task's own result still goes back
-        print(f"[qhybrid] sending the task's own distributed calls failed: {exc}", file=sys.stderr)
+    for hook in AFTER_TASK:
+        try:
+            hook()
+        except Exception as exc:     # the task's own result still goes back
+            print(f"[qhybrid] sending the task's own distributed calls failed: {exc}",
+                  file=sys.stderr)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

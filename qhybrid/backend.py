@@ -74,7 +74,7 @@ _OPERATION_MODULES = ("qiskit.", "qiskit_aer.")
 _FAKES_LOCK = threading.Lock()
 _FAKES: dict[str, Any] = {}
 
-#: Our task statuses (see tasks.defaults) as Qiskit job statuses.
+#: Our task statuses (see tasks.core.defaults) as Qiskit job statuses.
 _JOB_STATUS = {
     "QUEUED": JobStatus.QUEUED,
     "INITIALIZING": JobStatus.INITIALIZING,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from qhybrid import _channel, codec, config, devices
+from qhybrid import _channel, codec, config, http_devices
 from qhybrid.errors import (
     InvalidInput,
     JobCanceled,
@@ -138,11 +138,11 @@ class Client(FilesMixin):
     # --- devices ---------------------------------------------------------------------------
     def backends(self) -> list[QhybridBackend]:
         """Every device as a Qiskit BackendV2 (`.device["status"]`: online, queue depth ...)."""
-        return devices.backends(self)
+        return http_devices.backends(self)
 
     def backend(self, name: str) -> QhybridBackend:
         """The named device as a Qiskit BackendV2: run() sends a quantum task to its queue."""
-        return devices.backend(self, name)
+        return http_devices.backend(self, name)
 
 
 @dataclass

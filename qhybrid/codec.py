@@ -32,6 +32,9 @@ Choices:
 
 Anything else raises `qhybrid.errors.InvalidInput` naming the type and the path where it was
 found, e.g. ``result["a"][2]``.
+
+Longer than 500 lines: the encoder and the decoder of every type it carries live together,
+so that the two directions cannot drift apart.
 """
 
 from __future__ import annotations

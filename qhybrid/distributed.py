@@ -11,6 +11,9 @@ entrypoint script (closures and lambdas included), their code with its file name
 text (`qhybrid._source`). A function is pickled once, at its first
 call in a process, like Ray's remote functions: later changes to the globals it reads are
 not seen by its tasks.
+
+Longer than 500 lines: the public calls and the three backends behind them (the job's
+channel, the local pool, inline) share `TaskRef`'s private state, which stays in this module.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any, TypeVar, overload
 
 import cloudpickle
 
-from qhybrid import _channel
+from qhybrid import _channel, _executor
 from qhybrid._executor import (
     LOCAL_WORKER_ENV,
     dumps,
@@ -310,6 +313,9 @@ def flush() -> None:
     backend = _current.get(os.getpid())
     if backend is not None:
         backend.flush()
+
+
+_executor.AFTER_TASK.append(flush)
 
 
 def _by_backend(refs: list[TaskRef]) -> dict[_Backend, list[TaskRef]]:
@@ -593,14 +599,12 @@ class _InlineBackend(_Backend):
 
 
 def _local_class(target: Target) -> str:
-    """The class a target picks from the configured classes (the server's rules), if known."""
-    try:
-        from tasks.resources import load_classes, pick_class
-    except ImportError:             # a client-only install: no classes to check against
-        return target if isinstance(target, str) else "local"
-    path = os.environ.get("QHYBRID_RESOURCE_CLASSES")
+    """The class a target picks from the configured classes (the server's rules)."""
     from pathlib import Path
 
+    from qhybrid.resources import load_classes, pick_class
+
+    path = os.environ.get("QHYBRID_RESOURCE_CLASSES")
     return pick_class(target, load_classes(Path(path) if path else None), field="target").name
 
 

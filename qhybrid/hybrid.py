@@ -4,6 +4,9 @@ Calling the decorated function ships it with its arguments (cloudpickle) and ret
 at once; the function runs in a job whose working directory is its results directory. Every
 argument is checked before anything is uploaded: a bad job name, channel or missing input
 fails at the call.
+
+Longer than 500 lines: it is the whole Braket-compatible surface of a hybrid job (the
+decorator, `create_job`, and the handle with every method Braket's job object has).
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ from typing import Any, Protocol
 
 from qhybrid.client import Client, Job
 from qhybrid.errors import InvalidInput, JobCanceled, JobFailed
-from qhybrid.hybrid_env import NO_DEVICE
 from qhybrid.hybrid_rules import (
     JOB_ARN_PREFIX,
     RESULT_FORMATS,
     QueuePosition,
+    braket_metadata,
     braket_state,
     capture_hyperparameters,
     channels_of,
@@ -40,7 +43,7 @@ from qhybrid.hybrid_rules import (
     default_job_name,
     is_uri,
 )
-from qhybrid.local_job import LocalHybridJob, extract_model
+from qhybrid.local_job import LocalHybridJob, extract_model, show_log
 
 
 class HybridJobHandle(Protocol):
@@ -464,36 +467,6 @@ def submit_remote(client: Client, metadata: dict[str, Any], payload: bytes,
 
 
 # --- the service's handle -------------------------------------------------------------------
-def show_log(chunk: str, quiet: bool, logger: logging.Logger | None) -> None:
-    """A piece of a followed log: to `logger` line by line, else to stdout (unless quiet)."""
-    if quiet:
-        return
-    if logger is not None:
-        for line in chunk.splitlines():
-            logger.info(line)
-        return
-    sys.stdout.write(chunk)
-    sys.stdout.flush()
-
-
-def braket_metadata(body: dict[str, Any], arn: str) -> dict[str, Any]:
-    """Our job JSON plus the keys of Braket's GetJob answer."""
-    out = dict(body)
-    out.update({
-        "jobArn": arn, "jobName": body.get("job_name"),
-        "status": braket_state(str(body.get("state") or body.get("status") or "")),
-        "hyperParameters": body.get("hyperparameters") or {},
-        "deviceConfig": {"device": body.get("device") or NO_DEVICE},
-        "createdAt": body.get("created"), "startedAt": body.get("started"),
-        "endedAt": body.get("ended"), "failureReason": body.get("error"),
-        "tags": body.get("tags") or {},
-    })
-    if body.get("reservation_arn"):
-        out["associations"] = [{"arn": body["reservation_arn"],
-                                "type": "RESERVATION_TIME_WINDOW_ARN"}]
-    return out
-
-
 class HybridJob:
     """A hybrid job on the service: status, logs, metrics, result, model.tar.gz."""
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from qhybrid import _channel, codec
 from qhybrid.errors import InvalidInput
-from qhybrid.hybrid_rules import DEFAULT_CHANNEL, check_channel, checkpoint_file
+from qhybrid.hybrid_rules import DEFAULT_CHANNEL, NO_DEVICE, check_channel, checkpoint_file
 from qhybrid.metrics import metric_record
 from qhybrid.runtime import save_job_result
 
@@ -33,7 +33,6 @@ ENV_LOCAL_MODE = "QHYBRID_LOCAL_MODE"           # set in a local-mode job: devic
 ENV_LOCAL_TASKS_FILE = "QHYBRID_LOCAL_TASKS_FILE"  # local mode: quantum tasks are listed here
 
 CHECKPOINT_FORMATS = ("json", "pickle")
-NO_DEVICE = "local:none/none"     # what Braket's AMZN_BRAKET_DEVICE_ARN holds for no device
 
 
 def braket_env(*, job_name: str, device: str, results_dir: str, checkpoint_dir: str,

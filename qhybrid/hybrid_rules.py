@@ -53,6 +53,8 @@ JOB_ARN_PREFIX = "arn:qhybrid:job/"          # a job's arn-like id: this and its
 LOCAL_ARN_PREFIX = "local:job/"               # a local job's, as Braket's local mode
 QUEUE_POSITION_BOUND = 15          # past it a position reads ">15", as Braket's does
 
+NO_DEVICE = "local:none/none"     # what Braket's AMZN_BRAKET_DEVICE_ARN holds for no device
+
 
 def braket_state(status: str) -> str:
     """Braket's name for one of our statuses (a `RUNNING: <sub-status>` is RUNNING)."""
@@ -251,6 +253,26 @@ def check_checkpoint_file(name: Any) -> str:
     return name
 
 
+
+
+def braket_metadata(body: dict[str, Any], arn: str) -> dict[str, Any]:
+    """Our job JSON plus the keys of Braket's GetJob answer."""
+    out = dict(body)
+    out.update({
+        "jobArn": arn, "jobName": body.get("job_name"),
+        "status": braket_state(str(body.get("state") or body.get("status") or "")),
+        "hyperParameters": body.get("hyperparameters") or {},
+        "deviceConfig": {"device": body.get("device") or NO_DEVICE},
+        "createdAt": body.get("created"), "startedAt": body.get("started"),
+        "endedAt": body.get("ended"), "failureReason": body.get("error"),
+        "tags": body.get("tags") or {},
+    })
+    if body.get("reservation_arn"):
+        out["associations"] = [{"arn": body["reservation_arn"],
+                                "type": "RESERVATION_TIME_WINDOW_ARN"}]
+    return out
+
+
 __all__ = [
     "BRAKET_STATES",
     "BRAKET_TERMINAL",
@@ -258,11 +280,13 @@ __all__ = [
     "JOB_ARN_PREFIX",
     "LOCAL_ARN_PREFIX",
     "QueuePosition",
+    "braket_metadata",
     "braket_state",
     "MAX_CHANNELS",
     "MAX_HYPERPARAMETERS",
     "MAX_HYPERPARAMETER_CHARS",
     "MAX_JOB_NAME",
+    "NO_DEVICE",
     "RESULT_FORMATS",
     "RETURN_HINT",
     "capture_hyperparameters",

@@ -16,6 +16,9 @@ runs in the child, on qiskit-aer with the device's target and noise (the same re
 service's device workers use); an unknown name is refused at creation, as the service does.
 Its tasks get no priority. `max_runtime` is enforced by the child itself, so a job stops on
 time even when nobody holds its handle.
+
+Longer than 500 lines: the parent (the handle) and the child (the runner) of a local job
+share its directory layout, which is defined once here.
 """
 
 from __future__ import annotations
@@ -49,7 +52,13 @@ from qhybrid.hybrid_env import (
     ENV_RESULTS_DIR,
     braket_env,
 )
-from qhybrid.hybrid_rules import LOCAL_ARN_PREFIX, RETURN_HINT, QueuePosition, braket_state
+from qhybrid.hybrid_rules import (
+    LOCAL_ARN_PREFIX,
+    RETURN_HINT,
+    QueuePosition,
+    braket_metadata,
+    braket_state,
+)
 from qhybrid.metrics import pivot
 
 TERMINAL = frozenset({"DONE", "ERROR", "CANCELED"})
@@ -263,8 +272,6 @@ class LocalHybridJob:
 
     def metadata(self, use_cached_value: bool = False) -> dict[str, Any]:
         """What the service's metadata() has, for a local job."""
-        from qhybrid.hybrid import braket_metadata
-
         status = self._status()
         body = {"job_id": self.job_id, "job_name": self.name, "kind": "hybrid",
                 "status": status["state"], "state": status["state"],
@@ -314,8 +321,6 @@ class LocalHybridJob:
              quiet: bool = False, logger: logging.Logger | None = None) -> str:
         """The log; with wait=True it is shown as the job writes it (printed, or given to
         `logger`, or neither when quiet), until the job ends."""
-        from qhybrid.hybrid import show_log
-
         path = self.directory / "log.txt"
         if not wait:
             return path.read_text(encoding="utf-8", errors="replace")
@@ -369,14 +374,26 @@ class LocalHybridJob:
         return extract_model(archive, Path(extract_to or ".") / self.name)
 
 
+def show_log(chunk: str, quiet: bool, logger: logging.Logger | None) -> None:
+    """A piece of a followed log: to `logger` line by line, else to stdout (unless quiet)."""
+    if quiet:
+        return
+    if logger is not None:
+        for line in chunk.splitlines():
+            logger.info(line)
+        return
+    sys.stdout.write(chunk)
+    sys.stdout.flush()
+
+
 _CHILD = "import sys; from qhybrid.local_job import run; sys.exit(run(sys.argv[1]))"
 
 
 def _check_local_device(device: str) -> None:
     """Refuse a device the local registry (the service's own list of devices) lacks."""
-    from qhybrid.devices import local_registry
+    from qhybrid.devices import local_simulators
 
-    names = list(local_registry().names())
+    names = local_simulators().names()
     if device not in names:
         raise InvalidInput(f"unknown device {device!r}; the devices are {', '.join(names)}",
                            field="device")

@@ -154,7 +154,7 @@ def _check(member: tarfile.TarInfo, links: set[str]) -> str:
 
 
 # What one user tar may unpack to and hold (the service passes its settings; these defaults
-# equal tasks.defaults.TAR_MAX_UNPACKED_BYTES / TAR_MAX_MEMBERS).
+# equal tasks.core.defaults.TAR_MAX_UNPACKED_BYTES / TAR_MAX_MEMBERS).
 DEFAULT_MAX_BYTES = 1024**3
 DEFAULT_MAX_MEMBERS = 20_000
 _BLOCK = 512

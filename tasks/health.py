@@ -13,9 +13,9 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from tasks.redis_client import RedisError, connect
-from tasks.registry import Registry
-from tasks.settings import MissingSharedSettings, Settings, require_shared
+from tasks.core.redis_client import RedisError, connect
+from tasks.core.registry import Registry
+from tasks.core.settings import MissingSharedSettings, Settings, require_shared
 
 
 def local_workers(registry: Registry, host: str, queue: str | None = None) -> list[str]:

@@ -14,9 +14,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tasks.queues import jobs_queue, tasks_queue
-from tasks.resources import load_classes
-from tasks.settings import MissingSharedSettings, Settings, require_shared
+from qhybrid.resources import load_classes
+from tasks.core.queues import jobs_queue, tasks_queue
+from tasks.core.settings import (
+    MissingSharedSettings,
+    Settings,
+    require_shared,
+    worker_event_flags,
+)
 
 
 def worker_argv(kind: str, resource_class: str, concurrency: int,
@@ -27,20 +32,10 @@ def worker_argv(kind: str, resource_class: str, concurrency: int,
     # jobs workers keep the bare class name as node name: `small@host` consumes jobs.small
     joined = "-".join(classes)
     node = name or (joined if kind == "jobs" else f"tasks-{joined}")
-    return [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker",
+    return [sys.executable, "-m", "celery", "-A", "tasks.core.celery_app", "worker",
             "--queues", ",".join(queue_of(c) for c in classes), "--hostname", f"{node}@%h",
             "--pool", "threads", "--concurrency", str(concurrency), "--loglevel", "WARNING",
-            "--without-gossip", "--without-mingle", *event_flags()]
-
-
-def event_flags() -> list[str]:
-    """With task events on (Flower, `celery events`), workers also send heartbeats, so
-    monitors see them online; without, neither."""
-    return ["--task-events"] if settings_events() else ["--without-heartbeat"]
-
-
-def settings_events() -> bool:
-    return Settings.from_env().task_events
+            "--without-gossip", "--without-mingle", *worker_event_flags()]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -24,8 +24,8 @@ import pytest
 
 from app.service import Service, free_port, start_redis
 from qhybrid import Client
-from tasks.redis_client import connect
-from tasks.registry import Registry
+from tasks.core.redis_client import connect
+from tasks.core.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_CLASSES = ["small", "medium"]       # `large` and `gpu` have no worker on purpose
@@ -262,7 +262,7 @@ def _nobody_can_run_python() -> bool:
 def isolated_service(redis_server: str) -> Iterator[RunningService]:
     """Workers as root, user code as `nobody` (QHYBRID_JOB_USER), the data directory private."""
     from app.service import prepare_dirs
-    from tasks.settings import Settings
+    from tasks.core.settings import Settings
 
     if os.geteuid() != 0:
         pytest.skip("running user code as another account needs the workers to run as root")

@@ -33,6 +33,27 @@ HOST_BASE = Path("/tmp/qhybrid")           # inside the host's private /tmp
 CLASSES_ENV = "QH_SIMHOST_CLASSES_TOML"    # resource classes, written inside each host
 
 
+def _installed_below_tmp() -> list[str]:
+    """The directories right below /tmp that hold this checkout or its Python (a fresh clone
+    in /tmp, say): each host keeps them, read-only, on top of its private /tmp."""
+    paths = {ROOT, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    return sorted({f"/tmp/{p.relative_to('/tmp').parts[0]}" for p in paths
+                   if p.is_relative_to("/tmp") and p != Path("/tmp")})
+
+
+def _private_tmp() -> str:
+    """Shell commands: a private /tmp and /dev/shm, with `_installed_below_tmp` still seen."""
+    keep = _installed_below_tmp()
+    opens = "".join(f"exec {3 + i}<{shlex.quote(k)} && " for i, k in enumerate(keep))
+    # mount would resolve /proc/self/fd/N to the (now hidden) path: --no-canonicalize
+    binds = "".join(f" && mkdir -p {shlex.quote(k)} && mount --no-canonicalize --bind "
+                    f"/proc/self/fd/{3 + i} {shlex.quote(k)} && mount -o remount,bind,ro "
+                    f"{shlex.quote(k)}" for i, k in enumerate(keep))
+    closes = "".join(f" && exec {3 + i}<&-" for i in range(len(keep)))
+    return (f"{opens}mount -t tmpfs -o mode=1777 tmpfs /tmp{binds}{closes}"
+            " && mount -t tmpfs tmpfs /dev/shm")
+
+
 def can_simulate_hosts() -> str:
     """'' when namespaces can be made here, else why not."""
     if os.geteuid() != 0:
@@ -41,7 +62,7 @@ def can_simulate_hosts() -> str:
         return "simulated hosts need util-linux's unshare"
     probe = subprocess.run(["unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc",
                             "--propagation", "private", "sh", "-c",
-                            "mount -t tmpfs tmpfs /tmp && hostname probe"],
+                            f"{_private_tmp()} && hostname probe"],
                            capture_output=True, text=True, timeout=30)
     return "" if probe.returncode == 0 else f"unshare refused: {probe.stderr.strip()}"
 
@@ -64,8 +85,7 @@ class SimHost:
         pin = f"taskset -c {','.join(map(str, cpus))} " if cpus else ""
         agent = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "tests.simhosts",
                                                    *role_argv])
-        script = ("mount -t tmpfs -o mode=1777 tmpfs /tmp && mount -t tmpfs tmpfs /dev/shm"
-                  f" && hostname {shlex.quote(name)} && cd / && exec {pin}{agent}")
+        script = f"{_private_tmp()} && hostname {shlex.quote(name)} && cd / && exec {pin}{agent}"
         host_env = {**env, "PYTHONPATH": str(ROOT)}
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
@@ -117,7 +137,7 @@ def _host_env() -> dict[str, str]:
         path.write_text(toml)
         env["QHYBRID_RESOURCE_CLASSES"] = str(path)
     from app.service import prepare_dirs
-    from tasks.settings import Settings
+    from tasks.core.settings import Settings
 
     settings = Settings.from_env(env)
     settings.data_dir.mkdir(parents=True, exist_ok=True)

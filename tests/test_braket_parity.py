@@ -332,7 +332,7 @@ def test_local_mode_refuses_unknown_devices_as_the_service_does(client: Client) 
 def test_tracker_counts_tasks_shots_and_seconds_outside_a_job(client: Client) -> None:
     from qiskit import QuantumCircuit
 
-    from qhybrid.devices import backend
+    from qhybrid.http_devices import backend
 
     device = backend(client, SIM)
     circuit = QuantumCircuit(1)
@@ -450,7 +450,7 @@ def test_a_reservation_gives_its_jobs_the_device_in_its_window(service: RunningS
 
 def test_an_admin_reserves_for_another_user(redis_server: str, tmp_path: Path) -> None:
     from app import create_app
-    from tasks.settings import Settings
+    from tasks.core.settings import Settings
 
     settings = Settings(redis_url=f"{redis_server}/6", storage_url=(tmp_path / "s").as_uri(),
                         s3_endpoint_url=None, data_dir=tmp_path / "d",

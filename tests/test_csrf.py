@@ -8,7 +8,7 @@ import pytest
 from flask import Blueprint, Flask
 
 from app import create_app
-from tasks.settings import Settings
+from tasks.core.settings import Settings
 
 
 def make_app(tmp: Path, **config: object) -> Flask:

@@ -21,8 +21,8 @@ import pytest
 import requests
 import yaml
 
-from tasks.isolation import job_account
-from tasks.settings import SHARED_ENV, Settings
+from tasks.core.settings import SHARED_ENV, Settings
+from tasks.sandbox.isolation import job_account
 from tests.conftest import ROOT, RunningService
 
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -83,7 +83,7 @@ def test_every_manifest_is_valid_kubernetes_and_keda() -> None:
 
 
 def test_one_scaled_worker_deployment_per_class_and_queue() -> None:
-    from tasks.resources import load_classes
+    from qhybrid.resources import load_classes
 
     docs = _docs(DEPLOY / "qhybrid.yaml")
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}

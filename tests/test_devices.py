@@ -22,7 +22,7 @@ from qhybrid import Client, Program
 from qhybrid.backend import QhybridBackend
 from qhybrid.codec import encode_circuits
 from qhybrid.errors import Conflict, InvalidInput, NotFound
-from tasks.quantum_tasks import QuantumTasks
+from tasks.devices.quantum_tasks import QuantumTasks
 from tests.conftest import RunningService, bell, wait_until, write_program
 
 HELD = "generic_heavy_hex_27"       # not shared: a job naming it holds it

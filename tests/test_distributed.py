@@ -16,7 +16,7 @@ from qiskit import QuantumCircuit
 from qiskit.circuit.random import random_circuit
 
 from qhybrid import Client, Job, Program
-from tasks import defaults as d
+from tasks.core import defaults as d
 from tests.conftest import RunningService, job_processes, wait_until, write_program
 
 
@@ -461,8 +461,8 @@ def test_the_guides_transpile_remote_runs_end_to_end(service: RunningService, tm
 def test_the_job_page_lists_tasks_and_resource_usage(service: RunningService,
                                                      tmp_path: Path) -> None:
     from app import create_app
-    from tasks.registry import hash_token
-    from tasks.settings import Settings
+    from tasks.core.registry import hash_token
+    from tasks.core.settings import Settings
 
     client = service.client()
     job = run_program(client, tmp_path, MAP_REDUCE)

@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 
 from qhybrid import Client, Program
-from tasks import defaults as d
+from tasks.core import defaults as d
 from tests.conftest import RunningService, bell, write_program
 
 DEEP = "[" * 100_000 + "]" * 100_000                 # JSON nested 100,000 levels

@@ -473,11 +473,11 @@ def _tiny_wheel(where: Path) -> Path:
 
 def test_allowed_dependencies_are_installed_for_the_job(redis_server: str,
                                                         tmp_path: Path) -> None:
-    from tasks.hybrid import HybridSupervisor
-    from tasks.redis_client import connect
-    from tasks.registry import Registry
-    from tasks.resources import load_classes
-    from tasks.settings import Settings
+    from qhybrid.resources import load_classes
+    from tasks.core.redis_client import connect
+    from tasks.core.registry import Registry
+    from tasks.core.settings import Settings
+    from tasks.jobs.hybrid import HybridSupervisor
 
     settings = Settings(redis_url=f"{redis_server}/5", storage_url=(tmp_path / "s").as_uri(),
                         s3_endpoint_url=None, data_dir=tmp_path / "d",

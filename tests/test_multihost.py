@@ -21,15 +21,16 @@ import pytest
 
 from app.service import free_port
 from qhybrid import Client, Program, hybrid_job
+from qhybrid.errors import Timeout
 from qhybrid.hybrid_env import (
     get_input_data_dir,
     get_results_dir,
     load_job_checkpoint,
     save_job_checkpoint,
 )
-from tasks import defaults as d
-from tasks.redis_client import connect
-from tasks.registry import Registry
+from tasks.core import defaults as d
+from tasks.core.redis_client import connect
+from tasks.core.registry import Registry
 from tests.conftest import wait_until, write_program
 from tests.simhosts import SimHost, can_simulate_hosts
 
@@ -223,7 +224,11 @@ def test_four_hosts_share_only_redis_and_s3_and_survive_one_killed(
     logs = fanout.logs()
     assert f"parent on {victim}" in logs and re.search(r"parent on qh-worker-\d", logs)
 
-    assert mapred.wait(timeout=120)["status"] == "DONE", _diagnose(registry, mapred.job_id)
+    try:
+        mapred_end = mapred.wait(timeout=120)
+    except Timeout as exc:
+        raise AssertionError(_diagnose(registry, mapred.job_id) + "\n" + mapred.logs()) from exc
+    assert mapred_end["status"] == "DONE", _diagnose(registry, mapred.job_id)
     assert mapred.result() == {"total": sum(range(1, MAPS + 1)),
                                           "stored": (tmp_path / "table.tar").stat().st_size}
     results = [j.result(timeout=120) for j in jobs]

@@ -14,7 +14,7 @@ from flask import Flask
 from openapi_spec_validator import validate
 
 from app import create_app
-from tasks.settings import Settings
+from tasks.core.settings import Settings
 
 DOC = Path(__file__).resolve().parent.parent / "app" / "openapi.json"
 IGNORED_METHODS = {"HEAD", "OPTIONS"}          # Flask adds these to every rule

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tasks import defaults as d
-from tasks.celery_app import make_celery
-from tasks.jobs import reap_lost_jobs, requeue_job
-from tasks.registry import Registry
-from tasks.services import Services
-from tasks.settings import Settings
+from tasks.core import defaults as d
+from tasks.core.celery_app import make_celery
+from tasks.core.registry import Registry
+from tasks.core.services import Services
+from tasks.core.settings import Settings
+from tasks.jobs.run import reap_lost_jobs, requeue_job
 
 
 @pytest.fixture

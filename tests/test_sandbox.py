@@ -211,7 +211,7 @@ def test_the_sandbox_shows_only_the_import_path_entries_the_service_imports_from
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from tasks.sandbox import python_paths
+    from tasks.sandbox.bwrap import python_paths
 
     # given a worker started with `python -m` in / and an unused directory on its path
     unused = tmp_path / "unused"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from tasks.settings import MissingSharedSettings, Settings
+from tasks.core.settings import MissingSharedSettings, Settings
 from tests.conftest import ROOT
 
 
@@ -23,7 +23,7 @@ def _bare_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 @pytest.mark.parametrize("argv", [["-m", "tasks.worker", "jobs", "small"],
                                   ["-m", "tasks.devices"],
                                   # Celery started by hand: refused at worker_init
-                                  ["-m", "celery", "-A", "tasks.celery_app", "worker",
+                                  ["-m", "celery", "-A", "tasks.core.celery_app", "worker",
                                    "--pool", "threads", "--without-mingle"]])
 def test_a_worker_without_the_shared_redis_or_storage_refuses_to_start(
         tmp_path: Path, redis_server: str, argv: list[str]) -> None:

@@ -1,6 +1,6 @@
 """Write deploy/kubernetes/qhybrid.yaml: every object of a qhybrid deployment on Kubernetes.
 
-    python deploy/kubernetes/generate.py [--classes tasks/resource_classes.toml] [-o FILE]
+    python deploy/kubernetes/generate.py [--classes qhybrid/resource_classes.toml] [-o FILE]
 
 Generated, not hand-written, so that it cannot drift from the code: the container commands
 are the Procfile's (app.service), the worker Deployments are one per resource class and kind
@@ -27,8 +27,8 @@ from app.service import (  # noqa: E402
     web_command,
     worker_command,
 )
-from tasks.queues import jobs_queue, tasks_queue  # noqa: E402
-from tasks.resources import ResourceClass, load_classes  # noqa: E402
+from qhybrid.resources import ResourceClass, load_classes  # noqa: E402
+from tasks.core.queues import jobs_queue, tasks_queue  # noqa: E402
 
 NAMESPACE = "qhybrid"
 IMAGE = "ghcr.io/example/qhybrid:0.1.0"          # built from Containerfile; set your registry
@@ -138,7 +138,7 @@ def _scaled_object(deployment: str, queue: str, component: str) -> dict[str, Any
 
 def objects(classes_path: Path | None) -> list[dict[str, Any]]:
     classes = load_classes(classes_path)
-    toml_text = (classes_path or ROOT / "tasks" / "resource_classes.toml").read_text()
+    toml_text = (classes_path or ROOT / "qhybrid" / "resource_classes.toml").read_text()
     out: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(CLASSES_CONFIG, "config"),

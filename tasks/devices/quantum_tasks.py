@@ -1,0 +1,440 @@
+"""Quantum tasks: their records in Redis, submission to a device queue, results and cancel.
+
+A quantum task is one `backend.run(circuits)` on a device. The API and a job's supervisor
+submit it here: the circuits are checked against the device at once (too wide, not in its
+Target, too much memory), stored with the record, and one Celery message carrying only the
+task id goes to `device.<name>`, with the higher priority when the task comes from the job
+that holds the device (`tasks.devices.reservations`). A device worker (`tasks.devices.worker`) runs it.
+
+Every status change is one atomic Lua call, as for jobs: QUEUED -> RUNNING -> DONE | ERROR,
+or QUEUED | RUNNING -> CANCELED. Canceling a running task (or ending its job) stops its
+simulation: the device worker's pool process running it is killed (Celery's revoke with
+terminate; the Celery task id is the quantum task's id) and replaced by a fresh one.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+
+from qhybrid.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TaskFailed,
+    error_from_problem,
+)
+from storage import keys
+from storage.store import ObjectStore
+from tasks.core import defaults as d
+from tasks.core.queues import HOLDER_PRIORITY, RUN_QUANTUM_TASK, STANDALONE_PRIORITY, device_queue
+from tasks.core.registry import flat_record, unflat_record
+from tasks.core.settings import Settings
+from tasks.supervisor.extension import JobExtension
+
+if TYPE_CHECKING:
+    from tasks.core.registry import Registry
+
+#: The two priorities a task is queued with, as the API names them.
+PRIORITY = "priority"
+NORMAL = "normal"
+
+_TRANSITION = """
+-- KEYS: task, queued (priority), queued (normal), running set, device runs
+-- ARGV: to, allowed (csv), now, runs kept, then field/value pairs
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return -1 end
+local ok = false
+for s in string.gmatch(ARGV[2], '[^,]+') do if s == cur then ok = true end end
+if not ok then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated', ARGV[3])
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local id = redis.call('HGET', KEYS[1], 'id')
+if ARGV[1] ~= 'QUEUED' then
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', KEYS[3], id)
+end
+if ARGV[1] == 'RUNNING' then
+  redis.call('SADD', KEYS[4], id)
+  redis.call('RPUSH', KEYS[5], id)
+  redis.call('LTRIM', KEYS[5], -tonumber(ARGV[4]), -1)
+else
+  redis.call('SREM', KEYS[4], id)
+end
+return 1
+"""
+
+_FLOATS = {"created", "started", "ended", "updated", "qpu_seconds"}
+_INTS = {"num_circuits", "num_qubits", "shots", "payload_bytes", "result_bytes"}
+
+# One circuit check at a time per process: qiskit's compiled extension is not relied on to be
+# safe under this process's concurrent request threads.
+_QISKIT = threading.Lock()
+
+
+def _is_id(task_id: str) -> bool:
+    return isinstance(task_id, str) and 0 < len(task_id) <= 64 and task_id.isalnum()
+
+
+def _unflat(rec: dict[str, str]) -> dict[str, Any]:
+    return unflat_record(rec, _FLOATS, _INTS)
+
+
+class QuantumTasks:
+    """Quantum-task records over one Redis connection (strings decoded)."""
+
+    def __init__(self, r: Any) -> None:
+        self.r = r
+        self._transition = r.register_script(_TRANSITION)
+
+    # --- records ---------------------------------------------------------------------------
+    def get(self, task_id: str, user: str | None = None) -> dict[str, Any]:
+        """The task record; another user's task is reported as missing."""
+        rec = self.r.hgetall(d.QTASK_KEY.format(task_id=task_id)) if _is_id(task_id) else {}
+        if not rec or (user is not None and rec.get("user") != user):
+            raise NotFound(f"no quantum task {task_id!r}")
+        return _unflat(rec)
+
+    def many(self, ids: Iterable[str]) -> list[dict[str, Any]]:
+        pipe = self.r.pipeline()
+        for task_id in ids:
+            pipe.hgetall(d.QTASK_KEY.format(task_id=task_id))
+        return [_unflat(rec) for rec in pipe.execute() if rec]
+
+    def for_job(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's quantum tasks, oldest first."""
+        return self.many(self.r.zrange(d.JOB_QTASKS_KEY.format(job_id=job_id), 0, -1))
+
+    def for_user(self, user: str, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """A page of the user's quantum tasks, newest first, and how many there are."""
+        key = d.USER_QTASKS_KEY.format(user=user)
+        ids = self.r.zrevrange(key, offset, offset + limit - 1)
+        return self.many(ids), int(self.r.zcard(key))
+
+    def transition(self, rec: dict[str, Any], to: str, allowed: Iterable[str],
+                   **fields: Any) -> bool:
+        """Move the task to `to` if it stands in `allowed`; True when it moved (and published)."""
+        device = rec["device"]
+        keys_ = [d.QTASK_KEY.format(task_id=rec["id"]),
+                 d.DEVICE_QUEUED_KEY.format(device=device, priority=PRIORITY),
+                 d.DEVICE_QUEUED_KEY.format(device=device, priority=NORMAL),
+                 d.RUNNING_QTASKS_KEY, d.DEVICE_RUNS_KEY.format(device=device)]
+        args: list[Any] = [to, ",".join(allowed), time.time(), d.DEVICE_RUNS_KEPT]
+        for key, value in flat_record(fields).items():
+            args += [key, value]
+        moved = self._transition(keys=keys_, args=args)
+        if moved == -1:
+            raise NotFound(f"no quantum task {rec['id']!r}")
+        if moved:
+            self.r.publish(d.QTASK_CHANGED_CHANNEL.format(task_id=rec["id"]), to)
+            from tasks.core import monitoring
+
+            monitoring.quantum_task_transition(self.r, device, to)
+        return bool(moved)
+
+    def run_order(self, device: str) -> list[str]:
+        """Task ids in the order device workers started them (the newest DEVICE_RUNS_KEPT)."""
+        return list(self.r.lrange(d.DEVICE_RUNS_KEY.format(device=device), 0, -1))
+
+    def queue_depth(self, device: str) -> dict[str, int]:
+        pipe = self.r.pipeline()
+        for priority in (PRIORITY, NORMAL):
+            pipe.zcard(d.DEVICE_QUEUED_KEY.format(device=device, priority=priority))
+        high, normal = pipe.execute()
+        return {PRIORITY: int(high), NORMAL: int(normal)}
+
+    # --- payloads and results ---------------------------------------------------------------
+    def circuits(self, store: ObjectStore, rec: dict[str, Any]) -> str:
+        """The task's QPY payload, from Redis or storage."""
+        if rec.get("circuits_in") == "storage":
+            return store.get_bytes(keys.quantum_task_circuits(rec["user"], rec["id"])).decode()
+        text = self.r.get(d.QTASK_CIRCUITS_KEY.format(task_id=rec["id"]))
+        if text is None:
+            raise NotFound(f"quantum task {rec['id']} has no circuits any more")
+        return str(text)
+
+    def drop_circuits(self, store: ObjectStore, rec: dict[str, Any]) -> None:
+        """Forget the payload once the task ran or was canceled."""
+        self.r.delete(d.QTASK_CIRCUITS_KEY.format(task_id=rec["id"]))
+        if rec.get("circuits_in") == "storage":
+            store.delete(keys.quantum_task_circuits(rec["user"], rec["id"]))
+
+    def store_result(self, store: ObjectStore, rec: dict[str, Any], text: str) -> dict[str, Any]:
+        """Keep a result's JSON text (Redis when small, else storage); the fields to record."""
+        size = len(text.encode())
+        if size <= d.QTASK_INLINE_BYTES:
+            self.r.set(d.QTASK_RESULT_KEY.format(task_id=rec["id"]), text)
+            return {"result_in": "redis", "result_bytes": size}
+        store.put_bytes(keys.quantum_task_result(rec["user"], rec["id"]), text.encode())
+        return {"result_in": "storage", "result_bytes": size}
+
+    def result_text(self, store: ObjectStore, rec: dict[str, Any]) -> str | None:
+        """The result JSON text of an ended task; None while it is queued or running.
+
+        A task that failed before simulating raises its error; a canceled one, Conflict. A
+        simulation that failed has a result (success false) that the client raises from.
+        """
+        status = rec["status"]
+        if status in (d.QUEUED, d.RUNNING):
+            return None
+        if status == d.CANCELED:
+            raise Conflict(f"quantum task {rec['id']} was canceled", task_id=rec["id"],
+                           state=status)
+        where = rec.get("result_in")
+        if where == "storage":
+            return store.get_bytes(keys.quantum_task_result(rec["user"], rec["id"])).decode()
+        if where == "redis":
+            text = self.r.get(d.QTASK_RESULT_KEY.format(task_id=rec["id"]))
+            if text is not None:
+                return str(text)
+        problem = rec.get("error") or {}
+        if isinstance(problem, dict) and problem.get("type"):
+            raise error_from_problem(problem, int(problem.get("status") or 500))
+        raise TaskFailed(f"quantum task {rec['id']} ended {status} without a result")
+
+    @contextmanager
+    def subscription(self, task_id: str) -> Iterator[Any]:
+        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(d.QTASK_CHANGED_CHANNEL.format(task_id=task_id))
+        try:
+            yield pubsub
+        finally:
+            pubsub.close()
+
+    def wait_for(self, task_id: str, user: str | None, timeout: float) -> dict[str, Any]:
+        """Block until the task ended or `timeout` passes; the task record."""
+        rec = self.get(task_id, user)
+        if rec["status"] in d.TERMINAL_STATUSES or timeout <= 0:
+            return rec
+        deadline = time.monotonic() + timeout
+        with self.subscription(task_id) as pubsub:
+            while True:
+                rec = self.get(task_id, user)
+                remaining = deadline - time.monotonic()
+                if rec["status"] in d.TERMINAL_STATUSES or remaining <= 0:
+                    return rec
+                pubsub.get_message(timeout=min(remaining, 5.0))
+
+    # --- cancel ------------------------------------------------------------------------------
+    def cancel(self, store: ObjectStore, task_id: str, user: str | None) -> dict[str, Any]:
+        """A queued task never runs; a running one is stopped; an ended one answers Conflict."""
+        rec = self.get(task_id, user)
+        if self.transition(rec, d.CANCELED, [d.QUEUED, d.RUNNING], ended=time.time()):
+            if rec["status"] == d.RUNNING or self.get(task_id)["status"] != d.QUEUED:
+                stop_running([task_id])
+            self.drop_circuits(store, rec)
+            return self.get(task_id)
+        rec = self.get(task_id)
+        if rec["status"] == d.CANCELED:
+            return rec
+        raise Conflict(f"quantum task {task_id} is {rec['status']}; it has ended",
+                       task_id=task_id, state=rec["status"])
+
+    def cancel_queued_for_job(self, store: ObjectStore | None, job_id: str) -> list[str]:
+        """Cancel the job's quantum tasks that have not ended (the job ended); running ones
+        are stopped."""
+        canceled, running = [], []
+        for rec in self.for_job(job_id):
+            if rec["status"] in (d.QUEUED, d.RUNNING) and self.transition(
+                    rec, d.CANCELED, [d.QUEUED, d.RUNNING], ended=time.time(),
+                    error=Conflict("its job ended before it finished").to_problem()):
+                canceled.append(rec["id"])
+                if rec["status"] == d.RUNNING:
+                    running.append(rec["id"])
+                self.r.delete(d.QTASK_CIRCUITS_KEY.format(task_id=rec["id"]))
+                if store is not None and rec.get("circuits_in") == "storage":
+                    store.delete(keys.quantum_task_circuits(rec["user"], rec["id"]))
+        if running:
+            stop_running(running)
+        return canceled
+
+
+def stop_running(task_ids: list[str]) -> None:
+    """Kill the device-worker processes simulating these tasks (already marked CANCELED).
+
+    A task that a device worker has just taken (QUEUED when canceled, not yet RUNNING) is
+    revoked too, so it is dropped if it starts; one that already ended is left alone.
+    """
+    from tasks.core.celery_app import app
+
+    try:
+        app.control.revoke(task_ids, terminate=True, signal="SIGKILL")
+    except Exception:   # the broker is away: the task's result is dropped when it ends
+        import logging
+
+        logging.getLogger(__name__).warning("could not stop quantum tasks %s", task_ids,
+                                            exc_info=True)
+
+
+# --- submission ----------------------------------------------------------------------------
+
+
+def check_payload(circuits: Any) -> str:
+    """The circuits field: QPY text (`qhybrid.codec.encode_circuits`) of bounded size."""
+    if not isinstance(circuits, str) or not circuits:
+        raise InvalidInput("circuits must be QPY data as text (qhybrid.codec.encode_circuits)",
+                           field="circuits")
+    if len(circuits) > d.MAX_QTASK_CIRCUITS_BYTES:
+        raise PayloadTooLarge(f"circuits are larger than {d.MAX_QTASK_CIRCUITS_BYTES} bytes",
+                              field="circuits")
+    return circuits
+
+
+def submit(r: Any, store: ObjectStore, celery: Celery, settings: Settings, *, user: str,
+           device: Any, circuits: Any, options: Any, job_id: str | None = None,
+           check_circuits_here: bool = True, reservation_arn: Any = None, stage: str = "",
+           live_queues: Callable[[], dict[str, list[str]]] | None = None) -> dict[str, Any]:
+    """Check a quantum task completely, record it QUEUED and send it to its device queue.
+
+    `check_circuits_here=False` leaves decoding and checking the circuits to the device worker
+    (which refuses bad ones with the reason): job workers load no qiskit at all. Circuits
+    checked here are recorded as such, and the device worker does not check them again.
+    `stage` is the job's stage the task's device time is charged to (QPU_TIME).
+
+    Tasks of the job that holds the device are sent with the higher priority. A GPU device
+    that no live device worker serves is refused (`live_queues`: the registry's
+    workers_by_queue).
+    """
+    from backends.registry import MAX_SHOTS
+    from qhybrid.run_options import validate_run_options
+    from tasks.devices.catalog import device_spec
+    from tasks.devices.line import holder
+    from tasks.devices.reservations import check_task
+
+    spec = device_spec(settings, device)
+    check_task(r, spec.name, user, job_id, reservation_arn)   # a reserved device refuses others
+    if spec.device != "CPU" and live_queues is not None and not live_queues().get(
+            device_queue(spec.name)):
+        raise ServiceUnavailable(
+            f"device {spec.name} simulates on an NVIDIA GPU and no device worker with one is "
+            "online: start `python -m tasks.devices --devices "
+            f"{spec.name}` on a host with an NVIDIA GPU and qiskit-aer-gpu", field="device")
+    payload = check_payload(circuits)
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise InvalidInput("options must be an object", field="options")
+    run_options = validate_run_options(options)
+    if run_options["shots"] > MAX_SHOTS:
+        raise InvalidInput(f"shots must be at most {MAX_SHOTS}", field="shots")
+    if check_circuits_here:
+        from backends.execute import check_circuits  # qiskit: only where circuits are checked
+        from qhybrid.codec import decode_circuits
+
+        with _QISKIT:
+            batch = decode_circuits(payload)
+            check_circuits(spec, batch)
+
+    priority = PRIORITY if job_id and holder(r, spec.name) == job_id else NORMAL
+    task_id = uuid.uuid4().hex
+    created = time.time()
+    inline = len(payload) <= d.QTASK_INLINE_BYTES
+    record = {"id": task_id, "user": user, "device": spec.name, "job_id": job_id or "",
+              "status": d.QUEUED, "priority": priority, "created": created, "updated": created,
+              "options": run_options, "shots": run_options["shots"],
+              # known here only when the circuits were decoded (null from inside a job)
+              "num_circuits": len(batch) if check_circuits_here else None,
+              "num_qubits": max(c.num_qubits for c in batch) if check_circuits_here else None,
+              "payload_bytes": len(payload), "circuits_in": "redis" if inline else "storage",
+              "checked": "1" if check_circuits_here else "", "stage": stage}
+    if not inline:
+        store.put_bytes(keys.quantum_task_circuits(user, task_id), payload.encode())
+    pipe = r.pipeline()
+    pipe.hset(d.QTASK_KEY.format(task_id=task_id), mapping=flat_record(record))
+    if inline:
+        pipe.set(d.QTASK_CIRCUITS_KEY.format(task_id=task_id), payload)
+    pipe.zadd(d.USER_QTASKS_KEY.format(user=user), {task_id: created})
+    if job_id:
+        pipe.zadd(d.JOB_QTASKS_KEY.format(job_id=job_id), {task_id: created})
+    pipe.zadd(d.DEVICE_QUEUED_KEY.format(device=spec.name, priority=priority), {task_id: created})
+    pipe.execute()
+    tasks = QuantumTasks(r)
+    try:
+        celery.send_task(RUN_QUANTUM_TASK, args=[task_id], queue=device_queue(spec.name),
+                         task_id=task_id,   # so that a cancel can stop it (stop_running)
+                         priority=HOLDER_PRIORITY if priority == PRIORITY else STANDALONE_PRIORITY)
+    except Exception as exc:
+        tasks.transition(record, d.ERROR, [d.QUEUED], ended=time.time(),
+                         error=ServiceUnavailable(f"could not queue the task: {exc}").to_problem())
+        raise ServiceUnavailable(f"could not queue the quantum task: {exc}") from exc
+    if job_id and r.hget(d.JOB_KEY.format(job_id=job_id), "status") in d.TERMINAL_STATUSES:
+        tasks.cancel_queued_for_job(store, job_id)  # the job ended while this was submitted
+    return tasks.get(task_id)
+
+
+# --- what a job's user code may ask its supervisor ------------------------------------------
+
+
+class DevicesExtension(JobExtension):
+    """The operations behind `qhybrid.get_backend()` inside a job."""
+
+    def ops(self) -> dict[str, Callable[..., Any]]:
+        sup = self.sup
+        return device_ops(sup.registry, lambda: sup.store, lambda: sup.settings, sup.job,
+                          stage=lambda: sup.usage.stage)
+
+
+def device_ops(registry: Registry, store: Callable[[], ObjectStore], settings: Callable[[], Settings],
+               job: dict[str, Any], stage: Callable[[], str]) -> dict[str, Callable[..., Any]]:
+    """The channel operations behind `qhybrid.get_backend()` for code of `job`: its main code
+    (the supervisor) or one of its distributed tasks (the task worker).
+
+    User code holds no credentials: these submit and read tasks as the job's user, and only
+    that user's tasks are visible. Device time is charged to `stage()` of the job.
+    """
+    user: str = job["user"]
+    job_id: str = job["id"]
+    r = registry.r
+    tasks = QuantumTasks(r)
+
+    def device_info(name: str | None = None) -> dict[str, Any]:
+        from backends import describe
+        from tasks.devices.catalog import device_spec
+
+        name = name or job.get("device")
+        if not name:
+            raise InvalidInput("name a device: this job has none", field="name")
+        # without Aer's operation list: this process loads no qiskit; user code adds it
+        return describe(device_spec(settings(), name), operations=False)
+
+    def qtask_submit(device: str, circuits: str, options: dict[str, Any]) -> str:
+        from tasks.core.celery_app import app as celery
+
+        # user code's QhybridBackend.run() already checked the circuits against the device's
+        # Target, and the device worker checks them again: the job worker does not load qiskit
+        # (its compiled extension has crashed a long-running worker process)
+        rec = submit(r, store(), celery, settings(), user=user, device=device,
+                     circuits=circuits, options=options, job_id=job_id,
+                     check_circuits_here=False, stage=stage(),
+                     live_queues=registry.workers_by_queue)
+        return str(rec["id"])
+
+    def qtask_status(task_id: str) -> str:
+        return str(tasks.get(task_id, user)["status"])
+
+    def qtask_result(task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        wait = d.CHANNEL_RESULT_WAIT_S if timeout is None else min(float(timeout),
+                                                                   d.CHANNEL_RESULT_WAIT_S)
+        rec = tasks.wait_for(task_id, user, max(0.0, wait))
+        text = tasks.result_text(store(), rec)
+        return {"done": False} if text is None else {"done": True, "result": json.loads(text)}
+
+    def qtask_cancel(task_id: str) -> str:
+        return str(tasks.cancel(store(), task_id, user)["status"])
+
+    return {"device_info": device_info, "qtask_submit": qtask_submit,
+            "qtask_status": qtask_status, "qtask_result": qtask_result,
+            "qtask_cancel": qtask_cancel}
+
+
+__all__ = ["NORMAL", "PRIORITY", "DevicesExtension", "QuantumTasks", "check_payload", "device_ops",
+           "stop_running", "submit"]

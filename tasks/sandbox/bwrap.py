@@ -1,0 +1,131 @@
+"""What a job's sandbox is made of: the bubblewrap command line, what it shows of this host
+(the system read-only, the service's Python, nothing of the service's data, secrets or other
+jobs), and whether this host can make one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+SANDBOX_ENV = "QHYBRID_SANDBOX"
+BIND_ENV = "QHYBRID_SANDBOX_BIND"   # directories every sandbox also gets, read-write (opt-in)
+_SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt")
+
+
+class SandboxUnavailable(RuntimeError):
+    """This host cannot run user code in a sandbox; the message says why and what to do."""
+
+
+def enabled(env: Mapping[str, str] | None = None) -> bool:
+    """QHYBRID_SANDBOX: on unless it says off; anything else is an error, not a guess."""
+    value = (os.environ if env is None else env).get(SANDBOX_ENV, "on").strip().lower()
+    if value in ("", "on", "1", "true", "yes"):
+        return True
+    if value in ("off", "0", "false", "no"):
+        return False
+    raise SandboxUnavailable(f"{SANDBOX_ENV}={value!r}: use on (the default) or off")
+
+
+def hint() -> str:
+    return (f"; set {SANDBOX_ENV}=off to run user code without a sandbox (only where every "
+            "user of this service is trusted, e.g. a single-user laptop)")
+
+
+def bwrap_binary() -> str:
+    found = shutil.which("bwrap")
+    if not found:
+        raise SandboxUnavailable("bubblewrap (bwrap) is not installed: install Debian's "
+                                 "`bubblewrap` package (scripts/up and scripts/test do)" + hint())
+    return found
+
+
+# --- what the sandbox shows ---------------------------------------------------------------
+def extra_binds(env: Mapping[str, str] | None = None) -> list[Path]:
+    """QHYBRID_SANDBOX_BIND: directories the operator shares with every job (e.g. a data set)."""
+    value = (os.environ if env is None else env).get(BIND_ENV, "")
+    out = []
+    for item in filter(None, value.split(os.pathsep)):
+        path = Path(item)
+        if not path.is_absolute() or not path.is_dir():
+            raise SandboxUnavailable(f"{BIND_ENV}: {item!r} is not an existing absolute directory")
+        out.append(path)
+    return out
+
+
+def python_paths() -> list[str]:
+    """The Python installation and import path of this service: read-only in the sandbox.
+
+    The prefixes, and of `sys.path` only the entries this process imported something from: a
+    worker started with `python -m` in `/` or in a home directory has that directory first on
+    its path, and showing it would show the whole of it.
+    """
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    entries = sorted({os.path.abspath(p) for p in sys.path if p}, key=len, reverse=True)
+    used: set[str] = set()
+    for module in list(sys.modules.values()):
+        origin = getattr(getattr(module, "__spec__", None), "origin", None)
+        if not origin or not os.path.isabs(origin):
+            continue
+        # the longest entry that holds it is the one it was imported from
+        entry = next((e for e in entries if origin.startswith(e.rstrip("/") + "/")), None)
+        if entry is not None:
+            used.add(entry)
+    out: list[str] = []
+    for path in prefixes | used:
+        for p in {os.path.abspath(path), os.path.realpath(path)}:
+            if p == "/" or not os.path.isdir(p):
+                continue
+            if not any(p == o or p.startswith(o + "/") for o in out):
+                out = [o for o in out if not o.startswith(p + "/")] + [p]
+    return sorted(out)
+
+
+def hidden_paths(env: Mapping[str, str] | None = None) -> list[str]:
+    """What of ours must stay invisible even when it lies below a path the sandbox shows."""
+    from qhybrid import config
+    from tasks.core.settings import Settings
+
+    settings = Settings.from_env(dict(env) if env is not None else None)
+    paths = [settings.data_dir, settings.work_dir, config.config_path().parent,
+             Path.home() / ".config", Path.home() / ".aws", Path(tempfile.gettempdir())]
+    return sorted({os.path.realpath(p) for p in paths})
+
+
+def bwrap_argv(rw: Iterable[Path], tmp_bytes: int, user_ns: bool,
+               hide: Iterable[str] = (), ro_at: Iterable[tuple[Path, Path]] = ()) -> list[str]:
+    argv = [bwrap_binary(), "--die-with-parent", "--unshare-pid", "--unshare-ipc",
+            "--unshare-uts", "--unshare-cgroup-try",
+            # the worker host's own name: user code that reports where it ran stays right
+            "--hostname", socket.gethostname()]
+    if user_ns:
+        argv.append("--unshare-user")
+    for path in _SYSTEM_DIRS:
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+    # private /tmp first: the service's Python or checkout may itself lie below /tmp, and is
+    # then bound on top of it below
+    argv += ["--proc", "/proc", "--dev", "/dev",
+             "--size", str(tmp_bytes), "--tmpfs", "/tmp",
+             "--size", str(tmp_bytes), "--tmpfs", "/dev/shm"]
+    shown = python_paths()
+    for path in shown:
+        if not any(path == s or path.startswith(s + "/") for s in _SYSTEM_DIRS):
+            argv += ["--ro-bind", path, path]
+    # anything of ours below a shown path (a data dir inside the checkout, say) is covered
+    for path in hide:
+        if any(path == s or path.startswith(s + "/") for s in shown):
+            argv += ["--tmpfs", path]
+    for rw_path in rw:
+        argv += ["--bind", str(rw_path), str(rw_path)]
+    for source, dest in ro_at:
+        argv += ["--ro-bind", str(source), str(dest)]
+    # the namespace lives as long as this shell waits on the pipe the supervisor holds
+    return argv + ["--chdir", "/", "--", "/bin/sh", "-c", "echo ready; read x"]

@@ -1,0 +1,13 @@
+"""Imported once by the warm parent, so that every job's child starts with these loaded."""
+
+import cloudpickle  # noqa: F401
+import numpy  # noqa: F401
+import qiskit  # noqa: F401
+import qiskit.qpy  # noqa: F401
+import qiskit_aer  # noqa: F401
+from qiskit.primitives import BackendEstimatorV2, BackendSamplerV2  # noqa: F401
+from qiskit.transpiler import generate_preset_pass_manager  # noqa: F401
+
+import qhybrid  # noqa: F401
+import qhybrid.codec  # noqa: F401
+import tasks.sandbox.child  # noqa: F401
