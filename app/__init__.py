@@ -1,24 +1,26 @@
-"""The Flask front end: JSON API under /api/v1, HTML pages, health."""
+"""The Flask front end: JSON API under /api/v1, HTML pages, health.
+
+Importing the package loads none of it (`qhybrid` commands import `app.cli`): `create_app`
+does.
+"""
 
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
 
-from tasks.core import defaults as d
-from tasks.core.celery_app import make_celery
-from tasks.core.defaults import WEB_REDIS_RETRY_S
-from tasks.core.redis_client import set_retry_window
-from tasks.core.services import Services
-from tasks.core.settings import Settings, require_shared
-from tasks.sandbox.isolation import make_undumpable
+    from tasks.core.services import Services
+    from tasks.core.settings import Settings
 
 
 def _secret_key(settings: Settings, services: Services) -> str:
     """The session-signing key: QHYBRID_SECRET_KEY, else one kept in the shared Redis, made
     once (SET NX) by the first web process, so that every web host accepts every session."""
+    from tasks.core import defaults as d
+
     if settings.secret_key:
         return settings.secret_key
     r = services.registry.r
@@ -27,6 +29,15 @@ def _secret_key(settings: Settings, services: Services) -> str:
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    from flask import Flask
+
+    from tasks.core.celery_app import make_celery
+    from tasks.core.defaults import WEB_REDIS_RETRY_S
+    from tasks.core.redis_client import set_retry_window
+    from tasks.core.services import Services
+    from tasks.core.settings import Settings, require_shared
+    from tasks.sandbox.isolation import make_undumpable
+
     make_undumpable()     # the web process holds credentials: not for other processes to read
     app = Flask(__name__)
     settings: Settings | None = (test_config or {}).get("SETTINGS")

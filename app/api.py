@@ -71,24 +71,14 @@ def run_program(title: str) -> tuple[Response, int]:
 @bp.get("/jobs")
 @token_required
 def list_jobs() -> Response:
-    status = request.args.get("status") or None
-    if status:
-        from app.serverless_api import our_status
-
-        status = our_status(status)     # Qiskit Serverless' names too: SUCCEEDED, FAILED ...
-    if status and status.split(":")[0] not in d.ALL_STATUSES:
-        raise InvalidInput(f"status must be one of {', '.join(d.ALL_STATUSES)} "
-                           "(or RUNNING: <sub-status>)", field="status")
-    created_after = request.args.get("created_after")
-    after = jobs.parse_time(created_after, "created_after") if created_after else None
-    limit = int_arg("limit", 50, 1, 1000)
-    offset = int_arg("offset", 0, 0, 10**9)
+    q = jobs.job_query(request.args, default_limit=50, min_limit=1)
     page, total = services().registry.list_jobs(
-        g.user, status=status, program=request.args.get("program") or None,
-        created_after=after, limit=limit, offset=offset, kind=request.args.get("kind") or None)
+        g.user, status=q.status, program=request.args.get("program") or None,
+        created_after=q.created_after, limit=q.limit, offset=q.offset,
+        kind=request.args.get("kind") or None)
     svc = services()
     return jsonify({"jobs": [jobs.job_json(svc, j, events=False) for j in page],
-                    "total": total, "limit": limit, "offset": offset})
+                    "total": total, "limit": q.limit, "offset": q.offset})
 
 
 @bp.get("/jobs/<job_id>")

@@ -16,7 +16,8 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
-    """`?scope=service` (default): Redis, storage and a worker on every queue; `scope=web`:
+    """`?scope=service` (default): Redis, storage and a worker on every queue, live or
+    starting (`warming` lists the starting ones); `scope=web`:
     this web process can serve (Redis and storage reachable; a readiness probe, which must
     not depend on workers that scale to zero); `scope=process`: it answers (liveness)."""
     scope = request.args.get("scope", "service")
@@ -48,7 +49,11 @@ def healthz() -> tuple[Response, int]:
         for q, names in live.items():
             queues.setdefault(q, names)
     body["queues"] = queues
-    missing = sorted(q for q, names in queues.items() if not names)
+    # a queue whose worker is starting (`qhybrid up` starts the web first, then the workers
+    # and device workers) is served: its messages wait for it
+    warming = svc.registry.warming() if body["redis"] == "ok" else set()
+    body["warming"] = sorted(q for q, names in queues.items() if not names and q in warming)
+    missing = sorted(q for q, names in queues.items() if not names and q not in warming)
     body["queues_without_worker"] = missing
     body["ok"] = body["redis"] == "ok" and body["storage"] == "ok" and \
         (not missing or scope == "web")

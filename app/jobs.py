@@ -11,6 +11,8 @@ import re
 import tarfile
 import tempfile
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -38,6 +40,43 @@ from tasks.core.services import Services
 from tasks.devices.catalog import device_spec
 from tasks.devices.holders import start_job
 from tasks.devices.line import queue_position
+
+# Qiskit Serverless' status names, for filters in either vocabulary
+OUR_STATUS = {"SUCCEEDED": d.DONE, "FAILED": d.ERROR, "STOPPED": d.CANCELED,
+              "PENDING": d.INITIALIZING, "STOPPING": d.CANCELING}
+
+
+def our_status(status: str) -> str:
+    """A status filter in either vocabulary, as ours (`SUCCEEDED` -> `DONE`)."""
+    return OUR_STATUS.get(status, status)
+
+
+@dataclass
+class JobQuery:
+    """The filters and page of a job list, as both APIs take them."""
+
+    status: str | None
+    created_after: float | None
+    limit: int
+    offset: int
+
+
+def job_query(args: Mapping[str, str], *, default_limit: int, min_limit: int) -> JobQuery:
+    """`status` (ours or Qiskit Serverless' names, `RUNNING: <sub-status>`), `created_after`,
+    `limit` and `offset` of a job list (GET /api/v1/jobs, and the Serverless GET /jobs/)."""
+    from app.params import int_arg
+
+    status = our_status(args.get("status") or "") or None
+    if status and status.split(":")[0] not in d.ALL_STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(d.ALL_STATUSES)} "
+                           f"(or RUNNING: <sub-status>), or {', '.join(OUR_STATUS)}",
+                           field="status")
+    created_after = args.get("created_after")
+    return JobQuery(status=status,
+                    created_after=parse_time(created_after, "created_after")
+                    if created_after else None,
+                    limit=int_arg("limit", default_limit, min_limit, 1000),
+                    offset=int_arg("offset", 0, 0, 10**9))
 
 
 def parse_time(value: str, field: str) -> float:

@@ -46,17 +46,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 PEER_STATUS = {d.QUEUED: "QUEUED", d.INITIALIZING: "PENDING", d.RUNNING: "RUNNING",
                d.CANCELING: "STOPPING", d.DONE: "SUCCEEDED", d.ERROR: "FAILED",
                d.CANCELED: "STOPPED"}
-OUR_STATUS = {"SUCCEEDED": d.DONE, "FAILED": d.ERROR, "STOPPED": d.CANCELED,
-              "PENDING": d.INITIALIZING, "STOPPING": d.CANCELING}
 # sub-statuses whose names differ (theirs -> ours)
 OUR_SUB_STATUS = {"OPTIMIZING_HARDWARE": "OPTIMIZING_FOR_HARDWARE", "WAITING_QPU": "WAITING_FOR_QPU"}
 PEER_SUB_STATUS = {v: k for k, v in OUR_SUB_STATUS.items()}
 PEER_HEADERS = ("Service-Channel", "Service-CRN")
-
-
-def our_status(status: str) -> str:
-    """A status filter in either vocabulary, as ours (`SUCCEEDED` -> `DONE`)."""
-    return OUR_STATUS.get(status, status)
 
 
 def is_peer_request() -> bool:
@@ -282,22 +275,11 @@ def job_json(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _list_jobs() -> Response:
-    from app.params import int_arg
-
-    status = request.args.get("status") or None
-    if status:
-        status = our_status(status)
-        if status.split(":")[0] not in d.ALL_STATUSES:
-            raise InvalidInput(f"status must be one of {', '.join(d.ALL_STATUSES)} or "
-                               f"{', '.join(OUR_STATUS)}", field="status")
-    created_after = request.args.get("created_after")
-    after = jobs.parse_time(created_after, "created_after") if created_after else None
-    limit = int_arg("limit", 10, 0, 1000)
-    offset = int_arg("offset", 0, 0, 10**9)
+    q = jobs.job_query(request.args, default_limit=10, min_limit=0)
     page, total = services().registry.list_jobs(
-        g.user, status=status, program=request.args.get("function") or None,
-        created_after=after, limit=max(limit, 1), offset=offset, kind="program")
-    page = page[:limit]
+        g.user, status=q.status, program=request.args.get("function") or None,
+        created_after=q.created_after, limit=max(q.limit, 1), offset=q.offset, kind="program")
+    page = page[:q.limit]
     return _json({"count": total, "next": None, "previous": None,
                   "results": [job_json(j) for j in page]})
 
@@ -566,4 +548,4 @@ def _shared_paths() -> Any:
     return None
 
 
-__all__ = ["bp", "our_status", "PEER_STATUS"]
+__all__ = ["bp", "PEER_STATUS"]

@@ -204,12 +204,33 @@ class Service:
         return [device_queue(spec.name) for spec in device_registry(Settings.from_env(self.env))
                 if spec.device == "CPU"]
 
-    def wait_ready(self, timeout: float = 60.0) -> dict[str, object]:
-        """Block until /healthz says Redis, storage and every queue have what they need."""
+    def wait_web(self, timeout: float = 60.0) -> None:
+        """Block until the web process answers (`/healthz?scope=process`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.procs.get("web")
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"web exited with code {proc.returncode}"
+                                   + (f"; see {self.log_dir}/web.log" if self.log_dir else ""))
+            try:
+                if requests.get(self.url + "/healthz?scope=process", timeout=2).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"the web did not answer in {timeout} s")
+
+    def expected_queues(self) -> list[str]:
+        """The queues the processes this service started consume."""
+        expected = [jobs_queue(c) for c in self.classes] + self._device_queues()
+        return expected + [tasks_queue(c) for c in self.classes if self._has_task_worker(c)]
+
+    def wait_ready(self, timeout: float = 60.0, warming_ok: bool = False) -> dict[str, object]:
+        """Block until /healthz says Redis, storage and every queue have what they need: a
+        live worker, or with `warming_ok` one that is starting."""
         deadline = time.monotonic() + timeout
         last: dict[str, object] = {}
-        expected = [jobs_queue(c) for c in self.classes] + self._device_queues()
-        expected += [tasks_queue(c) for c in self.classes if self._has_task_worker(c)]
+        expected = self.expected_queues()
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
@@ -219,8 +240,11 @@ class Service:
                 resp = requests.get(self.url + "/healthz", timeout=2)
                 last = resp.json()
                 queues = last.get("queues", {})
-                if isinstance(queues, dict) and all(queues.get(q) for q in expected) \
-                        and last.get("redis") == "ok" and last.get("storage") == "ok":
+                warming = last.get("warming") if warming_ok else []
+                served = [q for q in expected if isinstance(queues, dict) and queues.get(q)
+                          or isinstance(warming, list) and q in warming]
+                if len(served) == len(expected) and last.get("redis") == "ok" \
+                        and last.get("storage") == "ok":
                     return last
             except (requests.RequestException, ValueError):
                 pass
@@ -402,10 +426,17 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
         settings = Settings.from_env(env)
         service.classes = classes or list(load_classes(settings.resource_classes_path))
         token = ensure_local_user(settings, service.url)
+        # what answers first, then the workers, which warm up while the web already serves
+        # (/healthz lists them under `warming` until they are live)
+        started = time.monotonic()
         service.start_web()
+        service.wait_web(timeout=60)      # its start is not slowed by the workers' imports
         service.start_workers()
         service.start_device_workers()
-        service.wait_ready(timeout=120)
+        registry = Registry(connect(env["QHYBRID_REDIS_URL"]))
+        registry.note_warming(service.expected_queues())
+        health = service.wait_ready(timeout=120, warming_ok=True)
+        warming = list(health.get("warming") or [])  # type: ignore[call-overload]
         from tasks.core.celery_app import root_notice
 
         log(f"qhybrid is up at {service.url}")
@@ -414,6 +445,9 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
         log(f"  user code: {sandboxing}")
         log(f"  workers: {', '.join(jobs_queue(c) for c in service.classes)}, "
             f"{', '.join(tasks_queue(c) for c in service.classes)}, device.*")
+        if warming:
+            log(f"  warming up: {len(warming)} queues' workers are still starting (they take "
+                "jobs as soon as they are; /healthz lists them under `warming`)")
         notice = root_notice(env)
         if notice:
             log(f"  note: {notice}")
@@ -425,6 +459,14 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
         log("Ctrl-C stops it")
         restarts: list[float] = []
         while not stopping:
+            if warming:
+                try:
+                    live = registry.workers_by_queue()
+                except Exception:     # Redis away for a moment (it is restarted below)
+                    live = {}
+                warming = [q for q in warming if not live.get(q)]
+                if not warming:
+                    log(f"every worker is ready ({time.monotonic() - started:.1f} s after start)")
             if redis_proc is not None:
                 try:
                     again = restart_redis_if_exited(redis_proc, settings.data_dir,

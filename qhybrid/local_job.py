@@ -60,6 +60,7 @@ from qhybrid.hybrid_rules import (
     braket_state,
 )
 from qhybrid.metrics import pivot
+from qhybrid.processes import pid_alive
 
 TERMINAL = frozenset({"DONE", "ERROR", "CANCELED"})
 POLL_S = 0.05
@@ -218,7 +219,7 @@ class LocalHybridJob:
             return status
         if self._proc is None:
             pid = status.get("pid")
-            if pid and not _alive(int(pid)):
+            if pid and not pid_alive(int(pid)):
                 status = self._read_final(-signal.SIGKILL)
             return status
         code = self._proc.poll() if self._proc.returncode is None else self._proc.returncode
@@ -397,19 +398,6 @@ def _check_local_device(device: str) -> None:
     if device not in names:
         raise InvalidInput(f"unknown device {device!r}; the devices are {', '.join(names)}",
                            field="device")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:       # a zombie is dead
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _iso(stamp: Any) -> str | None:

@@ -1,6 +1,7 @@
 """The one adapter to object storage: a local directory or an S3 bucket behind one interface.
 
-Everything else in qhybrid stores bytes through `ObjectStore`, so boto3 is imported here only.
+Everything else in qhybrid stores bytes through `ObjectStore`, so boto3 is imported here only,
+and only when an S3 store is opened.
 Keys are '/'-separated, relative to the store's root or prefix, and validated the same way on
 both back ends, so a key that works on a laptop works on S3 and nothing escapes a local root.
 """
@@ -18,11 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 from urllib.parse import unquote, urlparse
-
-import boto3
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
 
 from qhybrid.errors import Conflict, InvalidInput, NotFound, QhybridError, ServiceUnavailable
 
@@ -292,7 +288,20 @@ class LocalStore(ObjectStore):
             raise ServiceUnavailable(f"storage directory {self.root} is missing or not writable")
 
 
-def _is_missing(exc: ClientError) -> bool:
+def _client_error() -> type[Exception]:
+    """botocore's ClientError, imported on first use: boto3 loads only for S3 storage."""
+    from botocore.exceptions import ClientError
+
+    return ClientError
+
+
+def _s3_errors() -> tuple[type[Exception], ...]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return ClientError, BotoCoreError
+
+
+def _is_missing(exc: Any) -> bool:
     return exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}
 
 
@@ -300,6 +309,10 @@ class S3Store(ObjectStore):
     """Objects in an S3 (or S3-compatible: MinIO, moto) bucket under a key prefix."""
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None) -> None:
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
         self.bucket = bucket
         prefix = prefix.strip("/")
         self.prefix = validate_key(prefix) + "/" if prefix else ""
@@ -339,7 +352,7 @@ class S3Store(ObjectStore):
     def open(self, key: str) -> BinaryIO:
         try:
             resp = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
+        except _client_error() as exc:
             if _is_missing(exc):
                 raise NotFound(f"no object {key!r}") from exc
             raise
@@ -350,7 +363,7 @@ class S3Store(ObjectStore):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
             self._client.download_file(self.bucket, self._key(key), str(path), Config=self._transfer)
-        except ClientError as exc:
+        except _client_error() as exc:
             if _is_missing(exc):
                 raise NotFound(f"no object {key!r}") from exc
             raise
@@ -358,7 +371,7 @@ class S3Store(ObjectStore):
     def _head(self, key: str) -> dict[str, Any] | None:
         try:
             return cast(dict[str, Any], self._client.head_object(Bucket=self.bucket, Key=self._key(key)))
-        except ClientError as exc:
+        except _client_error() as exc:
             if _is_missing(exc):
                 return None
             raise
@@ -404,7 +417,7 @@ class S3Store(ObjectStore):
         source = {"Bucket": self.bucket, "Key": self._key(src_key)}
         try:
             self._client.copy(source, self.bucket, self._key(dst_key), Config=self._transfer)
-        except ClientError as exc:
+        except _client_error() as exc:
             if _is_missing(exc):
                 raise NotFound(f"no object {src_key!r}") from exc
             raise
@@ -422,7 +435,7 @@ class S3Store(ObjectStore):
     def check(self) -> None:
         try:
             self._client.head_bucket(Bucket=self.bucket)
-        except (ClientError, BotoCoreError) as exc:
+        except _s3_errors() as exc:
             raise ServiceUnavailable(f"bucket {self.bucket!r} is unreachable: {exc}") from exc
 
 

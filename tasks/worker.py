@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from qhybrid.resources import load_classes
+from tasks.core.presence import note_starting
 from tasks.core.queues import jobs_queue, tasks_queue
 from tasks.core.settings import (
     MissingSharedSettings,
@@ -61,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                      f"{', '.join(classes)}")
     slots = args.concurrency or max(classes[c].slots() for c in wanted)
     command = worker_argv(args.kind, args.resource_class, slots, args.name)
+    queue_of = jobs_queue if args.kind == "jobs" else tasks_queue
+    note_starting(Settings.from_env().redis_url, [queue_of(c) for c in wanted])
     os.execv(command[0], command)
 
 

@@ -488,7 +488,7 @@ def probe(blob, private):
     try:
         os.listdir(private)
         refused = False
-    except PermissionError:
+    except (PermissionError, FileNotFoundError):    # not there at all, in the sandbox
         refused = True
     return {"uid": os.getuid(), "size": len(blob), "refused": refused,
             "echo": bytes(1024**2)}           # a result that comes back as a spool file
@@ -518,3 +518,72 @@ def test_tasks_run_as_the_job_account_and_move_big_values_through_spool_files(
         assert task["refused"] is (job_uid != 0)
     if where == "isolated_service":
         assert job_uid != 0
+
+
+def test_a_jobs_functions_and_objects_go_with_it_without_a_keyspace_scan(
+        service: RunningService, tmp_path: Path) -> None:
+    from tasks.core import defaults as d
+
+    # given a job that ships a task function and put()s an object
+    client = service.client()
+    job = run_program(client, tmp_path, """
+from qhybrid import distribute_task, get, put, save_result
+
+@distribute_task(target="small")
+def twice(x):
+    return 2 * len(x)
+
+ref = put("abc")
+save_result(get([twice("ab"), twice("abcd")]))
+""")
+    assert result_of(job) == [4, 8]
+    r = service.registry.r
+    # then once it ended, neither is left in Redis, nor the set that named them
+    wait_until(lambda: not r.keys(f"qh:job:{job.job_id}:fn:*") and
+               not r.keys(f"qh:job:{job.job_id}:obj:*"), 20)
+    assert not r.exists(d.JOB_BLOBS_KEY.format(job_id=job.job_id))
+
+
+MAP_LOST = """
+import time
+from qhybrid import map_reduce, save_result
+
+def slow(x):
+    if x == 0:
+        time.sleep(20)
+    return x + 1
+
+save_result(map_reduce(slow, range(4), sum))
+"""
+
+
+def test_a_map_whose_worker_is_lost_runs_again_and_its_reduce_follows(
+        tmp_path: Path, redis_server: str) -> None:
+    import os
+    import signal
+
+    from tests.conftest import start_service
+
+    running = start_service(tmp_path / "svc", redis_server, "file", None, db=14,
+                            classes=["small"])
+    try:
+        # given a map_reduce whose one slow map is running, the others done
+        job = run_program(running.client(), tmp_path, MAP_LOST)
+
+        def slow_map_running() -> bool:
+            maps = [t for t in job.tasks() if t.get("kind") == "map"]
+            return len(maps) == 4 and sorted(t["status"] for t in maps) == \
+                ["DONE", "DONE", "DONE", "RUNNING"]
+        wait_until(slow_map_running, timeout=90)
+        # when every process of the task worker running it dies
+        name = next(n for n in running.service.procs if "tasks" in n)
+        proc = running.service.procs[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        running.service.respawn_exited(log=print)
+        # then the map runs again on the new worker, and the reduce after it: the job is DONE
+        assert result_of(job, timeout=150) == 1 + 2 + 3 + 4
+        maps = [t for t in job.tasks() if t.get("kind") == "map"]
+        assert all(t["status"] == "DONE" for t in maps)
+    finally:
+        running.service.stop()

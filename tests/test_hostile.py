@@ -299,6 +299,8 @@ def catalogue(job_id: str, circuits: str) -> list[Hostile]:
         H("80 KB Authorization header", "GET", f"{API}/jobs", 431,
           headers={"Authorization": "Bearer " + "a" * 80_000}, auth=False),
         H("request line over 4094 bytes", "GET", f"{API}/jobs?x={'y' * 5000}", 414),
+        # refused by gunicorn itself, before the app: problem+json all the same
+        H("request line over gunicorn's 8190 bytes", "GET", f"{API}/jobs?x={'y' * 9000}", 414),
         H("POST /healthz", "POST", "/healthz", 405, body=b""),
         H("DELETE /api/v1/jobs", "DELETE", f"{API}/jobs", 405),
         H("unknown API route", "GET", f"{API}/nothing-here", 404),

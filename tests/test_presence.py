@@ -7,6 +7,7 @@ import time
 from tasks.core import defaults as d
 from tasks.core.redis_client import connect
 from tasks.core.registry import Registry
+from tests.conftest import RunningService
 
 
 def _calls(r: object, command: str) -> int:
@@ -40,3 +41,26 @@ def test_workers_are_listed_without_scanning_the_keyspace(redis_server: str) -> 
     r.delete(d.WORKER_KEY.format(name="host-a:1"))
     assert registry.workers_by_queue() == {"jobs.small": ["host-b:2"], "tasks.small": ["host-b:2"]}
     r.flushdb()
+
+
+def test_healthz_counts_a_starting_worker_and_says_it_is_warming(service: RunningService) -> None:
+    import requests
+
+    registry = service.registry
+    # given a class whose worker is not running (large: configured, never started here)
+    body = requests.get(service.url + "/healthz", timeout=10).json()
+    assert "jobs.large" in body["queues_without_worker"]
+    try:
+        # when its worker's command says it is starting
+        registry.note_warming(["jobs.large"])
+        body = requests.get(service.url + "/healthz", timeout=10).json()
+        # then /healthz counts the queue as served and lists it as warming
+        assert "jobs.large" in body["warming"]
+        assert "jobs.large" not in body["queues_without_worker"]
+        # and once a worker for it is live, it is no longer warming
+        registry.announce_worker("host-w:9", {"name": "host-w:9", "queues": ["jobs.large"]})
+        body = requests.get(service.url + "/healthz", timeout=10).json()
+        assert "jobs.large" not in body["warming"] and body["queues"]["jobs.large"] == ["host-w:9"]
+    finally:
+        registry.retire_worker("host-w:9")
+        registry.r.hdel(d.WARMING_KEY, "jobs.large")

@@ -82,6 +82,22 @@ def test_a_job_sees_nothing_of_the_service_nor_of_other_jobs(service: RunningSer
     assert "results" in seen["own_dir"] and "src" in seen["own_dir"]
 
 
+def test_a_job_run_as_root_reads_nothing_an_unprivileged_account_could_not(
+        service: RunningService, tmp_path: Path) -> None:
+    # given a worker running as root, without a job account (the default `qhybrid up`)
+    private = ["/etc/shadow", "/etc/gshadow", "/etc/ssl/private"]
+    private = [p for p in private if os.path.exists(p)]
+    assert private
+    # when a program reads what only root may read
+    spy = _run(service.client(), tmp_path, "root-spy", SPY, paths=private + ["/etc/passwd"],
+               sockets=[])
+    seen = spy.result(timeout=120)["seen"]
+    # then files cannot be opened (an empty device node covers them) and directories list
+    # nothing, while the rest of /etc is there
+    assert all(seen[p] in ("", [], "PermissionError") for p in private), seen
+    assert seen["/etc/passwd"].startswith("root:")
+
+
 ESCAPES = r'''
 import os, subprocess, sys, time
 from qhybrid import get_arguments
@@ -211,17 +227,72 @@ def test_the_sandbox_shows_only_the_import_path_entries_the_service_imports_from
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
+    import tasks
     from tasks.sandbox.bwrap import python_paths
 
-    # given a worker started with `python -m` in / and an unused directory on its path
+    here = os.path.dirname(os.path.dirname(os.path.abspath(tasks.__file__)))
+    # given a worker started with `python -m` in / and an unused directory on its path, its
+    # own code found by an editable install's import hook (no path entry of its own)
     unused = tmp_path / "unused"
     unused.mkdir()
-    monkeypatch.setattr(sys, "path", ["/", str(unused), *sys.path])
+    rest = [p for p in sys.path if p and os.path.abspath(p) != here]
+    monkeypatch.setattr(sys, "path", ["/", str(unused), *rest])
     shown = python_paths()
     # then neither is shown, while the service's own code and Python are
     assert "/" not in shown and str(unused) not in shown
-    import tasks
-
-    here = os.path.dirname(os.path.dirname(os.path.abspath(tasks.__file__)))
     assert any(here == p or here.startswith(p + "/") for p in shown)
     assert any(sys.base_prefix == p or sys.base_prefix.startswith(p + "/") for p in shown)
+
+
+def test_a_bubblewrap_that_hangs_fails_the_start_in_time(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.core import defaults as d
+    from tasks.sandbox.box import Sandbox
+    from tasks.sandbox.bwrap import SandboxUnavailable
+    from tasks.sandbox.child import ChildSpec
+
+    # given a bwrap that never makes its sandbox
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "bwrap").write_text("#!/bin/sh\necho stuck >&2\nexec sleep 300\n")
+    (fake / "bwrap").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(d, "SANDBOX_START_TIMEOUT_S", 2.0)
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    box = Sandbox([job_dir], mem=256 * 1024**2, cpu=1, on=True)
+    spec = ChildSpec(cwd=str(job_dir), argv=["x"], env={}, log_path=str(job_dir / "log"),
+                     error_path=str(job_dir / "err"), sys_path=[])
+    # when a job would start in it, then it fails within the time-out, saying why
+    started = time.monotonic()
+    try:
+        with pytest.raises(SandboxUnavailable, match="did not make the sandbox within 2 s: stuck"):
+            box.spawn(spec)
+        assert time.monotonic() - started < 10
+        assert box.bwrap is not None and box.bwrap.poll() is not None    # and bwrap is gone
+    finally:
+        box.close()
+
+
+def test_sandbox_off_runs_user_code_unsandboxed_and_says_so(tmp_path: Path,
+                                                            redis_server: str) -> None:
+    from tests.conftest import start_service
+
+    # given a service an operator started with QHYBRID_SANDBOX=off (a single-user laptop)
+    running = start_service(tmp_path / "svc", redis_server, "file", None, db=13,
+                            extra_env={"QHYBRID_SANDBOX": "off"})
+    try:
+        # when a job looks around
+        job = _run(running.client(), tmp_path, "unboxed",
+                   "import os\nfrom qhybrid import save_result\n"
+                   "save_result({'procs': len([p for p in os.listdir('/proc') if p.isdigit()]),"
+                   " 'uid': os.getuid()})\n")
+        seen = job.result(timeout=120)
+        # then it ran, in the host's own PID namespace: off means off, nothing pretends
+        assert job.status() == "DONE"
+        assert seen["procs"] > 10
+        from app.service import check_sandbox
+
+        assert "runs without a sandbox" in check_sandbox({**os.environ, "QHYBRID_SANDBOX": "off"})
+    finally:
+        running.service.stop()

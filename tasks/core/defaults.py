@@ -85,6 +85,8 @@ VISIBILITY_TIMEOUT_S = SERVER_MAX_RUNTIME_S + 3600
 MAX_LIVE_LOG_BYTES = 16 * 1024**2           # live log in Redis; storage keeps the whole log
 WORKER_KEY = KEY_PREFIX + "worker:{name}"              # JSON presence of a worker: its queues; TTL
 WORKERS_KEY = KEY_PREFIX + "workers"                  # zset: live worker names -> presence expiry
+WARMING_KEY = KEY_PREFIX + "warming"                  # hash: queue -> until when a worker is starting
+WARMING_TTL_S = 120                                   # a starting worker is awaited this long at most
 WORKER_TTL_S = 10
 
 # --- HTML pages -------------------------------------------------------------------------
@@ -150,6 +152,7 @@ JOB_TASK_SEQ_KEY = KEY_PREFIX + "job:{job_id}:taskseq"     # counter behind that
 JOB_QUEUED_TASKS_KEY = KEY_PREFIX + "job:{job_id}:queued"  # hash: resource class -> tasks queued
 JOB_FUNCTION_KEY = KEY_PREFIX + "job:{job_id}:fn:{digest}"  # bytes: a pickled task function
 JOB_OBJECT_KEY = KEY_PREFIX + "job:{job_id}:obj:{ref}"     # bytes: an object put() when small
+JOB_BLOBS_KEY = KEY_PREFIX + "job:{job_id}:blobs"          # set: the two kinds above, to delete
 JOB_USAGE_KEY = KEY_PREFIX + "job:{job_id}:usage"          # hash: "<stage>|CPU_TIME" -> seconds
 TASK_STATUSES = (QUEUED, RUNNING, DONE, ERROR, CANCELED)
 TASK_INLINE_BYTES = 512 * 1024              # payloads, results and put() objects up to this stay in Redis
@@ -170,6 +173,7 @@ TASK_LOG_MAX_BYTES = 64 * 1024              # output kept per task (its beginnin
 TASK_ERROR_LINES = 40                       # remote traceback lines kept per failed task
 EXECUTOR_IDLE_S = 30.0                      # a job's idle task executor process is stopped after this
 EXECUTOR_START_TIMEOUT_S = 60.0
+SANDBOX_START_TIMEOUT_S = 30.0     # bubblewrap makes a sandbox in milliseconds; a hung one fails
 # A refused upload's remaining body is read and dropped (up to this much, for this long) so
 # that the client, still sending, gets the error instead of a reset connection.
 FILES_DRAIN_MAX_BYTES = 256 * 1024**2

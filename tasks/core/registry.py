@@ -305,7 +305,21 @@ class Registry:
         pipe.set(d.WORKER_KEY.format(name=name), json.dumps(info), ex=d.WORKER_TTL_S)
         pipe.zadd(d.WORKERS_KEY, {name: now + d.WORKER_TTL_S})
         pipe.zremrangebyscore(d.WORKERS_KEY, "-inf", now)      # workers that went silent
+        if info.get("queues"):
+            pipe.hdel(d.WARMING_KEY, *info["queues"])          # no longer starting
         pipe.execute()
+
+    def note_warming(self, queues: list[str]) -> None:
+        """A worker for `queues` is starting (its command ran; Celery and its imports follow):
+        /healthz counts them as served, and says they are warming, for WARMING_TTL_S."""
+        if queues:
+            until = time.time() + d.WARMING_TTL_S
+            self.r.hset(d.WARMING_KEY, mapping={q: until for q in queues})
+
+    def warming(self) -> set[str]:
+        """Queues whose worker is starting and not yet live."""
+        now = time.time()
+        return {q for q, until in self.r.hgetall(d.WARMING_KEY).items() if float(until) > now}
 
     def retire_worker(self, name: str) -> None:
         pipe = self.r.pipeline(transaction=True)

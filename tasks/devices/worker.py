@@ -26,6 +26,7 @@ from celery.signals import task_failure, worker_init
 from backends.registry import DeviceRegistry
 from qhybrid.errors import QhybridError, TaskFailed
 from tasks.core import defaults as d
+from tasks.core.presence import note_starting
 from tasks.core.queues import RUN_QUANTUM_TASK, device_queue
 from tasks.core.settings import MissingSharedSettings, Settings, require_shared
 from tasks.devices.catalog import device_registry, device_spec, device_threads
@@ -172,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # web app and job workers on the same host (on 2 cores: 5-qubit tasks 2.5 ms -> 10-20 ms).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     command = worker_argv(names, max(1, args.concurrency), args.name)
+    note_starting(settings.redis_url, [device_queue(n) for n in names])
     os.execv(command[0], command)
 
 

@@ -114,12 +114,11 @@ def expire_job_tasks(env: TaskEnv, job: dict[str, Any]) -> None:
             pipe.expire(d.TASK_RESULT_KEY.format(task_id=task_id), d.TASK_RESULT_EXPIRY_S)
             pipe.delete(d.TASK_INBOX_KEY.format(owner=task_id))
         pipe.execute()
-    doomed = list(r.scan_iter(match=d.JOB_FUNCTION_KEY.format(job_id=job_id, digest="*"),
-                              count=1000))
-    doomed += list(r.scan_iter(match=d.JOB_OBJECT_KEY.format(job_id=job_id, ref="*"),
-                               count=1000))
-    if doomed:
-        r.delete(*doomed)
+    index = d.JOB_BLOBS_KEY.format(job_id=job_id)
+    doomed = list(r.smembers(index))
+    for start in range(0, len(doomed), 1000):
+        r.delete(*doomed[start:start + 1000])
+    r.delete(index)
     for key in (d.JOB_TASKS_KEY, d.JOB_TASK_SEQ_KEY):
         r.expire(key.format(job_id=job_id), d.TASK_EXPIRY_S)
     r.delete(d.JOB_QUEUED_TASKS_KEY.format(job_id=job_id))

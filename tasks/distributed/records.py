@@ -159,8 +159,12 @@ class Blobs:
         self.store = store
 
     def put(self, rkey: str, prefix: str, name: str, data: bytes, pipe: Any = None,
-            nx: bool = False) -> None:
+            nx: bool = False, index: str | None = None) -> None:
+        """Store `data` under `rkey`; with `index`, note `rkey` in that set (what to delete
+        with the job, without scanning the keyspace)."""
         target = pipe if pipe is not None else self.raw
+        if index:
+            target.sadd(index, rkey)
         if len(data) <= d.TASK_INLINE_BYTES:
             target.set(rkey, data, nx=nx)
             return

@@ -147,7 +147,8 @@ class TaskSession:
             if hashlib.sha1(blob).hexdigest() != digest:
                 raise InvalidInput("a function's bytes do not match its digest", field="functions")
             self.env.blobs.put(d.JOB_FUNCTION_KEY.format(job_id=self.job_id, digest=digest),
-                               self.prefix, f"fn-{digest}", blob, nx=True)
+                               self.prefix, f"fn-{digest}", blob, nx=True,
+                               index=d.JOB_BLOBS_KEY.format(job_id=self.job_id))
             self.known_fns.add(digest)
         entries = [self._check_entry(t, i) for i, t in enumerate(tasks)]
         self._check_functions({e["fn"] for e in entries})
@@ -220,7 +221,8 @@ class TaskSession:
         self._check_running()
         blob = self._blob_in({"data": data} if data is not None else {"path": path}, "data")
         self.env.blobs.put(d.JOB_OBJECT_KEY.format(job_id=self.job_id, ref=ref), self.prefix,
-                           f"obj-{ref}", blob, nx=True)
+                           f"obj-{ref}", blob, nx=True,
+                           index=d.JOB_BLOBS_KEY.format(job_id=self.job_id))
         return True
 
     def op_fetch_object(self, ref: Any) -> dict[str, str]:
@@ -396,8 +398,9 @@ class TaskSession:
             if alive:
                 continue
             if self.env.tasks.requeue(task_id, run) == 1:
-                cls = self.env.tasks.fields([task_id], "class")[0][0] or ""
-                celery_app().send_task(RUN_TASK, args=[task_id], queue=tasks_queue(cls))
+                cls, kind = self.env.tasks.fields([task_id], "class", "kind")[0]
+                name = RUN_MAP_TASK if kind == MAP else RUN_TASK
+                celery_app().send_task(name, args=[task_id], queue=tasks_queue(cls or ""))
                 log.warning("task %s lost its worker; sent again", task_id)
 
     def _resend_lost(self, queued: list[tuple[str, str, str]]) -> None:
@@ -422,10 +425,16 @@ class TaskSession:
                         self.job_id)
 
     def _kick_reduce(self, task_id: str, maps: list[str], cls: str) -> None:
-        """A reduce whose maps all ended but whose chord never fired (a lost map message)."""
-        rows = self.env.tasks.fields(maps, "status")
-        if not all(row[0] in TERMINAL for row in rows):
+        """A reduce whose maps all ended but whose chord never fired (a lost map message, or a
+        map run again after its worker was lost); its maps' own losses are mended first, as
+        the caller waits on the reduce alone."""
+        rows = self.env.tasks.fields(maps, "status", "run", "class")
+        pending = [(m, st, run, c) for m, (st, run, c) in zip(maps, rows, strict=True)
+                   if st not in TERMINAL]
+        if pending:
             self._kick_seen.pop(task_id, None)
+            self._rescue([(m, run) for m, st, run, _ in pending if st == d.RUNNING and run])
+            self._resend_lost([(m, MAP, c or "") for m, st, _, c in pending if st == d.QUEUED])
             return
         first = self._kick_seen.setdefault(task_id, time.monotonic())
         if time.monotonic() - first >= 5 * d.TASK_RECONCILE_S:

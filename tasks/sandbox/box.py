@@ -287,19 +287,39 @@ class Sandbox:
         assert self.bwrap.stderr is not None and self._info is not None
         # bwrap writes its info in several writes: read it whole, and keep the pipe open
         # until the sandbox is up (a closed pipe would kill bwrap half-way with SIGPIPE)
+        deadline = time.monotonic() + d.SANDBOX_START_TIMEOUT_S
+        stdout = self.bwrap.stdout
+
+        def wait_for(fd: int) -> bool:
+            left = deadline - time.monotonic()
+            return bool(left > 0 and select.select([fd], [], [], left)[0])
+
+        info, ready, late = b"", b"", False
         try:
-            info = b""
             while b"}" not in info:
+                if not wait_for(self._info):
+                    late = True
+                    break
                 chunk = os.read(self._info, 65536)
                 if not chunk:
                     break
                 info += chunk
-            ready = self.bwrap.stdout.readline()
+            if not late and b"}" in info:
+                if wait_for(stdout.fileno()):
+                    ready = stdout.readline()
+                else:
+                    late = True
         finally:
             os.close(self._info)
             self._info = None
+        if late:
+            self.bwrap.kill()      # a hung bwrap: its stderr says why, once it is gone
+            self.bwrap.wait()
         if ready.strip() != b"ready" or b"}" not in info:
             err = self.bwrap.stderr.read(4000).decode(errors="replace").strip()
+            if late:
+                raise SandboxUnavailable(f"bubblewrap did not make the sandbox within "
+                                         f"{d.SANDBOX_START_TIMEOUT_S:g} s: {err}" + hint())
             raise SandboxUnavailable(f"bubblewrap could not make the sandbox: {err}" + hint())
         self.ns_pid = int(json.loads(info[:info.index(b"}") + 1])["child-pid"])
 

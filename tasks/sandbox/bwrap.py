@@ -5,9 +5,11 @@ jobs), and whether this host can make one.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -66,9 +68,9 @@ def python_paths() -> list[str]:
     its path, and showing it would show the whole of it.
     """
     prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    entries = sorted({os.path.abspath(p) for p in sys.path if p}, key=len, reverse=True)
+    entries = sorted({os.path.abspath(p) for p in sys.path if p} - {"/"}, key=len, reverse=True)
     used: set[str] = set()
-    for module in list(sys.modules.values()):
+    for name, module in list(sys.modules.items()):
         origin = getattr(getattr(module, "__spec__", None), "origin", None)
         if not origin or not os.path.isabs(origin):
             continue
@@ -76,6 +78,11 @@ def python_paths() -> list[str]:
         entry = next((e for e in entries if origin.startswith(e.rstrip("/") + "/")), None)
         if entry is not None:
             used.add(entry)
+        elif "." not in name:
+            # found by an import hook, not a path entry (an editable install's finder): the
+            # directory that holds the package or module
+            top = os.path.dirname(origin)
+            used.add(os.path.dirname(top) if os.path.basename(origin) == "__init__.py" else top)
     out: list[str] = []
     for path in prefixes | used:
         for p in {os.path.abspath(path), os.path.realpath(path)}:
@@ -97,6 +104,26 @@ def hidden_paths(env: Mapping[str, str] | None = None) -> list[str]:
     return sorted({os.path.realpath(p) for p in paths})
 
 
+@functools.lru_cache(maxsize=1)
+def private_system_paths() -> tuple[tuple[str, bool], ...]:
+    """Files and directories of /etc that an unprivileged account could not read, as
+    (path, is a directory): `/etc/shadow`, `/etc/gshadow`, `/etc/ssl/private`, ssh host keys."""
+    out: list[tuple[str, bool]] = []
+    for root, dirs, files in os.walk("/etc"):
+        for name in list(dirs):
+            path = os.path.join(root, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISDIR(mode) and mode & 0o005 != 0o005:
+                out.append((path, True))
+                dirs.remove(name)
+        for name in files:
+            path = os.path.join(root, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode) and not mode & 0o004:
+                out.append((path, False))
+    return tuple(sorted(out))
+
+
 def bwrap_argv(rw: Iterable[Path], tmp_bytes: int, user_ns: bool,
                hide: Iterable[str] = (), ro_at: Iterable[tuple[Path, Path]] = ()) -> list[str]:
     argv = [bwrap_binary(), "--die-with-parent", "--unshare-pid", "--unshare-ipc",
@@ -110,22 +137,44 @@ def bwrap_argv(rw: Iterable[Path], tmp_bytes: int, user_ns: bool,
             argv += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             argv += ["--ro-bind", path, path]
+    # what no unprivileged account may read (shadow, host keys...): hidden, whoever the job
+    # runs as (a root worker without QHYBRID_JOB_USER runs it as root)
+    for path, is_dir in private_system_paths():
+        argv += ["--tmpfs", path] if is_dir else ["--ro-bind", "/dev/null", path]
     # private /tmp first: the service's Python or checkout may itself lie below /tmp, and is
     # then bound on top of it below
     argv += ["--proc", "/proc", "--dev", "/dev",
              "--size", str(tmp_bytes), "--tmpfs", "/tmp",
              "--size", str(tmp_bytes), "--tmpfs", "/dev/shm"]
+    # bwrap makes the missing parents of a bind 0700: made 0755 here first, so that a job run
+    # as another account (QHYBRID_JOB_USER, or a user namespace's) can reach what is bound
+    made = {"/", "/tmp", "/dev", "/proc"}       # these alone: what lies below is not there
+    trees = list(_SYSTEM_DIRS)                 # these with what lies below them
+
+    def bind(kind: str, source: str, dest: str) -> None:
+        missing = []
+        for parent in Path(dest).parents:
+            p = str(parent)
+            if p in made or any(p == t or p.startswith(t + "/") for t in trees):
+                break
+            missing.append(p)
+        for p in reversed(missing):
+            argv.extend(["--perms", "0755", "--dir", p])
+        made.update(missing)
+        trees.append(dest)
+        argv.extend([kind, source, dest])
+
     shown = python_paths()
     for path in shown:
         if not any(path == s or path.startswith(s + "/") for s in _SYSTEM_DIRS):
-            argv += ["--ro-bind", path, path]
+            bind("--ro-bind", path, path)
     # anything of ours below a shown path (a data dir inside the checkout, say) is covered
     for path in hide:
         if any(path == s or path.startswith(s + "/") for s in shown):
             argv += ["--tmpfs", path]
     for rw_path in rw:
-        argv += ["--bind", str(rw_path), str(rw_path)]
+        bind("--bind", str(rw_path), str(rw_path))
     for source, dest in ro_at:
-        argv += ["--ro-bind", str(source), str(dest)]
+        bind("--ro-bind", str(source), str(dest))
     # the namespace lives as long as this shell waits on the pipe the supervisor holds
     return argv + ["--chdir", "/", "--", "/bin/sh", "-c", "echo ready; read x"]

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qhybrid.processes import pid_alive
+
 V1_CONTROLLERS = ("memory", "pids", "freezer", "cpu")
 V2_CONTROLLERS = ("memory", "pids", "cpu")
 CFS_PERIOD_US = 100_000
@@ -96,16 +98,6 @@ def _pid_namespace() -> str:
         return str(os.stat("/proc/self/ns/pid").st_ino)
     except OSError:
         return "0"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -320,7 +312,7 @@ def _remove_stale(parent: Path) -> None:
             continue
         if parts[3] != _pid_namespace():
             continue    # its pid means nothing here: a worker of that namespace cleans it up
-        if _pid_alive(int(parts[1])):
+        if pid_alive(int(parts[1])):
             continue
         for child in entry.iterdir():
             if child.is_dir():

@@ -14,6 +14,7 @@ standard input closes (the worker is gone).
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import select
@@ -22,9 +23,10 @@ import socket
 import sys
 
 PR_SET_PDEATHSIG = 1
-# The order matters: the user namespace first (it owns the others), the mount one last.
-_NAMESPACES = (("user", 0x10000000), ("ipc", 0x08000000), ("uts", 0x04000000),
-               ("pid", 0x20000000), ("mnt", 0x00020000))
+# Joined in this order, after the user namespace that owns them; the mount one last.
+_NAMESPACES = (("ipc", 0x08000000), ("uts", 0x04000000), ("pid", 0x20000000),
+               ("mnt", 0x00020000))
+NS_GET_USERNS = 0xB701       # ioctl: the user namespace that owns a namespace (linux/nsfs.h)
 
 
 def _libc() -> ctypes.CDLL:
@@ -39,7 +41,13 @@ def _send(conn: socket.socket, msg: dict[str, object]) -> None:
 
 
 def _enter(ns_pid: int, cgroup_procs: list[str]) -> int | None:
-    """Move this process into the cgroup and the namespaces; the new root's descriptor."""
+    """Move this process into the cgroup and the namespaces; the new root's descriptor.
+
+    Unprivileged, bubblewrap makes its namespaces in one user namespace and then runs the
+    sandbox in a second one nested in it, which owns none of them: this process joins the
+    owner first (it holds every capability there, as its creator's account), then the
+    namespaces, then the nested one, as the sandbox's own processes are.
+    """
     for path in cgroup_procs:
         with open(path, "w") as fh:
             fh.write("0")
@@ -47,14 +55,23 @@ def _enter(ns_pid: int, cgroup_procs: list[str]) -> int | None:
         return None
     libc = _libc()
     own_user = os.stat("/proc/self/ns/user").st_ino
-    fds = []
-    for name, flag in _NAMESPACES:
-        path = f"/proc/{ns_pid}/ns/{name}"
-        if name == "user" and os.stat(path).st_ino == own_user:
-            continue            # no user namespace of its own (the worker is root)
-        fds.append((name, flag, os.open(path, os.O_RDONLY)))
+    fds = [(name, flag, os.open(f"/proc/{ns_pid}/ns/{name}", os.O_RDONLY))
+           for name, flag in _NAMESPACES]
+    users = []
+    target_user = os.open(f"/proc/{ns_pid}/ns/user", os.O_RDONLY)
+    if os.fstat(target_user).st_ino != own_user:   # not a root worker's sandbox
+        owner = fcntl.ioctl(fds[-1][2], NS_GET_USERNS)      # the mount namespace's owner
+        if os.fstat(owner).st_ino != os.fstat(target_user).st_ino:
+            users.append(("user (owner)", owner))
+        else:
+            os.close(owner)
+        users.append(("user", target_user))
+    else:
+        os.close(target_user)
     root = os.open(f"/proc/{ns_pid}/root", os.O_RDONLY | os.O_DIRECTORY)
-    for name, flag, fd in fds:
+    steps = [(name, 0x10000000, fd) for name, fd in users[:1]] + fds + \
+            [(name, 0x10000000, fd) for name, fd in users[1:]]
+    for name, flag, fd in steps:
         if libc.setns(fd, flag) != 0:
             raise OSError(ctypes.get_errno(), f"joining the sandbox's {name} namespace failed")
         os.close(fd)
