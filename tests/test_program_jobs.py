@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -201,10 +202,12 @@ def test_worker_killed_mid_job_runs_it_again(service: RunningService, tmp_path: 
            f"with open({str(counter)!r}, 'a') as fh: fh.write('x')\n"
            f"n = len(open({str(counter)!r}).read())\n"
            f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+           f"print('attempt', n, 'started', flush=True)\n"
            f"time.sleep(60 if n == 1 else 0)\nsave_result({{'attempt': n}})\n")
     job = client.upload(Program(title="survivor", entrypoint="main.py", resources="medium",
                                 working_dir=write_program(tmp_path / "src", src))).run()
     wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=30)
+    wait_until(lambda: "attempt 1 started" in job.logs(), timeout=30)
     inner = int(pid_file.read_text())               # its pid inside its sandbox
     [first_pid] = [p for p in job_processes(job.job_id) if innermost_pid(p) == inner]
     worker = service.service.procs["worker-medium"]
@@ -216,6 +219,14 @@ def test_worker_killed_mid_job_runs_it_again(service: RunningService, tmp_path: 
     events = [e for e in job.events() if e.get("detail")]
     assert any("worker lost" in e["detail"] for e in events)
     assert job.raw.get("attempt") == 2 or client.job(job.job_id).raw["attempt"] == 2
+    # and the log it keeps has both attempts, with the marker where the second one starts
+    from storage import keys
+    from storage.store import open_store
+
+    prefix = service.registry.get_job(job.job_id)["prefix"]
+    stored = open_store(service.env["QHYBRID_STORAGE_URL"]).get_bytes(keys.job_logs(prefix))
+    assert re.search(rb"attempt 1 started\n.*----- attempt 2 \(worker lost.*-----\n"
+                     rb"attempt 2 started\n", stored, re.S), stored
 
 
 def test_auth_and_isolation(service: RunningService, client: Client, tmp_path: Path) -> None:

@@ -86,3 +86,17 @@ def test_the_reaper_lock_is_held_for_as_long_as_the_reap_lasts(services: Service
     time.sleep(0.5)
     with reg.held_lock(key, 0.3) as theirs:
         assert theirs
+
+
+def test_a_rerun_marks_where_its_attempt_starts_in_the_log(services: Services) -> None:
+    celery = make_celery(services.settings)
+    reg = services.registry
+    # given a lost job that had written some output
+    job_id = _lost_job(reg)
+    reg.append_log(job_id, "first attempt's output\n")
+    # when it is run again
+    assert requeue_job(services, celery, job_id, "worker lost", 1, fenced=True) == d.QUEUED
+    # then its log says, after the first attempt's output, where the second one starts
+    log = (reg.read_log(job_id) or b"").decode()
+    assert log == ("first attempt's output\n\n----- attempt 2 (worker lost; the job runs again "
+                   "from the start) -----\n")

@@ -81,6 +81,7 @@ class Supervisor:
         self._result_saved = False
         self._source_snapshot: dict[str, tuple[int, int]] = {}
         self._log: BinaryIO | None = None
+        self._earlier_log = b""
         self.sandbox: sandbox.Sandbox | None = None
 
     # --- operations the child may call -----------------------------------------------------
@@ -108,6 +109,10 @@ class Supervisor:
     # --- the run ---------------------------------------------------------------------------
     def run(self) -> None:
         self.registry.heartbeat(self.job_id, self.worker)
+        # a rerun: what the earlier attempts wrote, and the marker where this one starts
+        # (tasks.jobs.run.requeue_job), stay at the head of the log the job keeps
+        if int(self.job.get("attempt") or 1) > 1:
+            self._earlier_log = self.registry.read_log(self.job_id) or b""
         # Beats from its own thread for as long as this supervisor has the job: fetching
         # inputs or starting the child can take longer than the heartbeat's lifetime on a
         # loaded host, and a reaper elsewhere would take the job for lost.
@@ -278,7 +283,14 @@ class Supervisor:
         try:
             if self._log is not None:
                 self._log.seek(0)
-                self.store.put_stream(keys.job_logs(self.prefix), self._log)
+                if self._earlier_log:
+                    with tempfile.TemporaryFile() as whole:
+                        whole.write(self._earlier_log)
+                        shutil.copyfileobj(self._log, whole)
+                        whole.seek(0)
+                        self.store.put_stream(keys.job_logs(self.prefix), whole)
+                else:
+                    self.store.put_stream(keys.job_logs(self.prefix), self._log)
             if self.results_dir.is_dir() and not self.results_dir.is_symlink():
                 # built in a private file, never in the directory the job's account owns
                 with tempfile.TemporaryFile() as archive:
