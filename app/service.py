@@ -35,7 +35,7 @@ from tasks.core.queues import device_queue, jobs_queue, tasks_queue
 from tasks.core.redis_client import connect, redis_server_binary, set_retry_window
 from tasks.core.registry import Registry
 from tasks.core.settings import Settings
-from tasks.sandbox.isolation import job_account, private_dir
+from tasks.sandbox.isolation import job_account, private_dir, root_notice
 
 LOCAL_USER = "local"
 DEVICE_WORKER = "worker-devices"   # "worker-": stop() signals its main process, not its pool
@@ -437,8 +437,6 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = None,
         registry.note_warming(service.expected_queues())
         health = service.wait_ready(timeout=120, warming_ok=True)
         warming = list(health.get("warming") or [])  # type: ignore[call-overload]
-        from tasks.core.celery_app import root_notice
-
         log(f"qhybrid is up at {service.url}")
         log(f"  token of user '{LOCAL_USER}': {token}  (written to {config.config_path()})")
         log(f"  data: {settings.data_dir}   storage: {settings.storage_url}")

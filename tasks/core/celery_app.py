@@ -13,7 +13,7 @@ from tasks.core.settings import Settings
 # Celery warns a worker running as root because a root worker that accepted pickle would run
 # any code a message carries. Ours accept JSON only (below; make_celery refuses anything else),
 # and they run as root on purpose: the supervisor needs it to start each job's code as the
-# unprivileged QHYBRID_JOB_USER. `root_notice` says in one line what still holds.
+# unprivileged QHYBRID_JOB_USER. `tasks.sandbox.isolation.root_notice` says in one line what still holds.
 ROOT_WARNING = r"You're running the worker with superuser privileges"
 
 
@@ -58,18 +58,6 @@ def make_celery(settings: Settings) -> Celery:
     app.autodiscover_tasks(["tasks.jobs"], related_name="run", force=True)
     app.autodiscover_tasks(["tasks.distributed"], related_name="tasks", force=True)
     return app
-
-
-def root_notice(env: dict[str, str] | os._Environ[str] | None = None) -> str | None:
-    """One line for an operator running the workers as root (None when they are not)."""
-    if os.geteuid() != 0:
-        return None
-    account = (os.environ if env is None else env).get("QHYBRID_JOB_USER", "")
-    if account:
-        return (f"workers run as root to start each job's code as {account!r}; they accept "
-                "JSON messages only")
-    return ("workers run as root and so does user code: set QHYBRID_JOB_USER=nobody (or "
-            "another unprivileged account) to run it as that account")
 
 
 app = make_celery(Settings.from_env())

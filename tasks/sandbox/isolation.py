@@ -44,6 +44,18 @@ class JobAccount:
     home: str
 
 
+def root_notice(env: dict[str, str] | os._Environ[str] | None = None) -> str | None:
+    """One line for an operator running the workers as root (None when they are not)."""
+    if os.geteuid() != 0:
+        return None
+    account = (os.environ if env is None else env).get("QHYBRID_JOB_USER", "")
+    if account:
+        return (f"workers run as root to start each job's code as {account!r}; they accept "
+                "JSON messages only")
+    return ("workers run as root and so does user code: set QHYBRID_JOB_USER=nobody (or "
+            "another unprivileged account) to run it as that account")
+
+
 def job_account(env: dict[str, str] | os._Environ[str] | None = None) -> JobAccount | None:
     """The account user code runs as (QHYBRID_JOB_USER, workers running as root), or None."""
     env = os.environ if env is None else env
