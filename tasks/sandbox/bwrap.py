@@ -61,6 +61,14 @@ def extra_binds(env: Mapping[str, str] | None = None) -> list[Path]:
 
 
 def python_paths() -> list[str]:
+    """The Python installation and import path of this service (see `_python_paths`): worked
+    out again only when this process has imported something or changed its path, not for
+    every sandbox (it walks every loaded module)."""
+    return list(_python_paths(tuple(sys.path), len(sys.modules)))
+
+
+@functools.lru_cache(maxsize=4)
+def _python_paths(sys_path: tuple[str, ...], loaded: int) -> tuple[str, ...]:
     """The Python installation and import path of this service: read-only in the sandbox.
 
     The prefixes, and of `sys.path` only the entries this process imported something from: a
@@ -68,7 +76,7 @@ def python_paths() -> list[str]:
     its path, and showing it would show the whole of it.
     """
     prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    entries = sorted({os.path.abspath(p) for p in sys.path if p} - {"/"}, key=len, reverse=True)
+    entries = sorted({os.path.abspath(p) for p in sys_path if p} - {"/"}, key=len, reverse=True)
     used: set[str] = set()
     for name, module in list(sys.modules.items()):
         origin = getattr(getattr(module, "__spec__", None), "origin", None)
@@ -90,7 +98,7 @@ def python_paths() -> list[str]:
                 continue
             if not any(p == o or p.startswith(o + "/") for o in out):
                 out = [o for o in out if not o.startswith(p + "/")] + [p]
-    return sorted(out)
+    return tuple(sorted(out))
 
 
 def hidden_paths(env: Mapping[str, str] | None = None) -> list[str]:
