@@ -60,3 +60,41 @@ def test_an_older_python_is_refused_before_anything_is_installed() -> None:
     # and a missing interpreter is refused the same way
     missing = _sync_with("/nonexistent/python3")
     assert missing.returncode != 0 and "is not a Python that runs" in missing.stderr
+
+
+def _imported_roots(*packages: str) -> set[str]:
+    """Top-level modules imported anywhere in these packages (absolute imports only)."""
+    import ast
+    roots: set[str] = set()
+    for package in packages:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    roots.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_the_server_extra_has_everything_the_service_and_its_jobs_import() -> None:
+    """`scripts/up` installs `--extra server` alone: every distribution the web, the workers and
+    the in-job contract import must come with it, not with another extra."""
+    from importlib.metadata import packages_distributions
+    uv = ROOT / ".tools" / "bin" / "uv"
+    if not uv.exists():
+        pytest.skip("uv is installed by scripts/test; run through it")
+    out = subprocess.run([str(uv), "export", "--frozen", "--no-hashes", "--no-emit-project",
+                          "--extra", "server"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    pinned = {re.split(r"[=<>;\s\[]", line, maxsplit=1)[0].lower().replace("_", "-")
+              for line in out.splitlines() if line and not line.startswith(("#", " "))}
+    dists = packages_distributions()
+    ours = {"app", "tasks", "backends", "storage", "qhybrid"}
+    missing = {}
+    for root in _imported_roots("app", "tasks", "backends", "storage") - ours:
+        if root in sys.stdlib_module_names:
+            continue
+        names = {n.lower().replace("_", "-") for n in dists.get(root, [])}
+        if names and not names & pinned:
+            missing[root] = sorted(names)
+    assert not missing, f"imported by the service, not in the server extra: {missing}"
