@@ -39,7 +39,7 @@ def upload_program() -> tuple[Response, int]:
     resources: Any = None
     if form.get("resources"):   # a JSON object, or a resource class by name
         resources = load_json(form["resources"], "resources", not_json=form["resources"])
-    extra = jobs.program_extras(form.get("dependencies"), form.get("env_vars"))
+    extra = jobs.program_extras(services(), form.get("dependencies"), form.get("env_vars"))
     rec = jobs.save_program(services(), g.user, title=form.get("title", ""),
                             entrypoint=form.get("entrypoint"), source=source.stream,
                             filename=source.filename or "", resources=resources,

@@ -44,6 +44,7 @@ from tasks.devices.catalog import device_spec
 from tasks.devices.holders import start_job
 from tasks.jobs import metrics
 from tasks.jobs.hybrid import KIND
+from tasks.sandbox import dependencies
 
 METADATA_FIELDS = {"job_name", "device", "resources", "max_runtime", "hyperparameters",
                    "hyperparameters_truncated", "dependencies", "copy_checkpoints_from_job",
@@ -108,23 +109,13 @@ def _resolve_checkpoint_job(svc: Services, user: str, ref: Any) -> dict[str, Any
 
 
 def _dependencies(svc: Services, value: Any) -> list[str]:
-    if value in (None, []):
-        return []
-    field = "dependencies"
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidInput("dependencies are a list of requirement strings", field=field)
-    if not svc.settings.allow_installs:
+    requirements = dependencies.parse(value)
+    if requirements and not svc.settings.allow_installs:
         raise InvalidInput("this server does not install packages for jobs (an operator enables "
                            "it with QHYBRID_ALLOW_INSTALLS=1): drop `dependencies` and use the "
                            f"packages the workers have (Python {SERVER_PYTHON}, qiskit, "
-                           "qiskit-aer, numpy ...)", field=field)
-    if len(value) > d.MAX_DEPENDENCIES:
-        raise InvalidInput(f"at most {d.MAX_DEPENDENCIES} dependencies", field=field)
-    for line in value:
-        if not line.strip() or line.strip().startswith("-") or "\n" in line or len(line) > 300:
-            raise InvalidInput(f"{line[:60]!r} is not a requirement (pip options are not "
-                               "accepted)", field=field)
-    return [v.strip() for v in value]
+                           "qiskit-aer, numpy ...)", field="dependencies")
+    return requirements
 
 
 def _device(svc: Services, value: Any) -> tuple[str, bool]:

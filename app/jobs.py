@@ -37,9 +37,11 @@ from tasks.core import defaults as d
 from tasks.core.queues import jobs_queue
 from tasks.core.registry import display_status
 from tasks.core.services import Services
+from tasks.devices import reservations
 from tasks.devices.catalog import device_spec
 from tasks.devices.holders import start_job
 from tasks.devices.line import queue_position
+from tasks.sandbox import dependencies as requirements
 
 # Qiskit Serverless' status names, for filters in either vocabulary
 OUR_STATUS = {"SUCCEEDED": d.DONE, "FAILED": d.ERROR, "STOPPED": d.CANCELED,
@@ -179,19 +181,22 @@ def _spool(source: IO[bytes], dest: Path, limit: int) -> int:
     return size
 
 
-def program_extras(dependencies: str | None, env_vars: str | None) -> dict[str, Any]:
-    """A program's `dependencies` (a JSON list of requirement strings) and `env_vars` (a JSON
-    object of strings), checked; the fields save_program keeps."""
+def program_extras(svc: Services, dependencies: str | None,
+                   env_vars: str | None) -> dict[str, Any]:
+    """A program's `dependencies` (a JSON list of requirement strings, installed for its jobs)
+    and `env_vars` (a JSON object of strings), checked; the fields save_program keeps."""
     out: dict[str, Any] = {}
     if dependencies:
         try:
             deps = json.loads(dependencies)
         except ValueError:
-            deps = None
-        if not isinstance(deps, list) or not all(isinstance(x, str) and x.strip() and
-                                                 len(x) <= 200 for x in deps) or len(deps) > 100:
-            raise InvalidInput("dependencies is a JSON list of up to 100 requirement strings",
-                               field="dependencies")
+            raise InvalidInput("dependencies is a JSON list of requirement strings",
+                               field="dependencies") from None
+        deps = requirements.parse(deps)
+        if deps and not svc.settings.allow_installs:
+            raise InvalidInput("this server does not install dependencies (an operator enables "
+                               "it with QHYBRID_ALLOW_INSTALLS=1); `dependencies_versions()` "
+                               "lists what the workers have", field="dependencies")
         out["dependencies"] = deps
     if env_vars:
         try:
@@ -226,7 +231,7 @@ def run_program(svc: Services, celery: Celery, user: str, title: str,
     """
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object", field="body")
-    unknown = set(body) - {"arguments", "resources", "max_runtime", "device"}
+    unknown = set(body) - {"arguments", "resources", "max_runtime", "device", "reservation_arn"}
     if unknown:
         raise InvalidInput(f"unknown fields: {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
     program = svc.registry.get_program(user, check_title(title))
@@ -251,6 +256,13 @@ def run_program(svc: Services, celery: Celery, user: str, title: str,
     if device is not None and not isinstance(device, str):
         raise InvalidInput("device must be a device name", field="device")
     spec = device_spec(svc.settings, device) if device else None
+    reservation = None
+    if body.get("reservation_arn") not in (None, ""):
+        # Braket's reservation_arn: the job waits for the window and holds the device in it
+        reservation = reservations.for_job(svc.registry.r, user, body["reservation_arn"],
+                                           spec.name if spec else None)
+        device = reservation["device"]
+        spec = device_spec(svc.settings, device)
 
     job_id = svc.registry.new_job_id()
     created = time.time()
@@ -267,9 +279,13 @@ def run_program(svc: Services, celery: Celery, user: str, title: str,
               "env_vars": program.get("env_vars") or None,
               "provider": program.get("provider") or None,
               "dependencies": program.get("dependencies") or None}
+    if reservation is not None:
+        record.update(reservation_id=reservation["id"], reservation_arn=reservation["arn"])
     svc.registry.create_job(record)
-    # A job naming a non-shared device waits in the device's line until it holds it.
-    start_job(svc.registry, celery, record, hold=spec is not None and not spec.shared)
+    # A job naming a non-shared device, or a reservation, waits in the device's line until it
+    # holds the device.
+    start_job(svc.registry, celery, record,
+              hold=reservation is not None or (spec is not None and not spec.shared))
     return svc.registry.get_job(job_id)
 
 
@@ -295,6 +311,7 @@ def job_json(svc: Services, job: dict[str, Any], *, events: bool = True) -> dict
         "resource_class": job.get("resource_class"),
         "queue": job.get("queue"),
         "device": job.get("device"),
+        "reservation_arn": job.get("reservation_arn") or None,
         "attempt": job.get("attempt"),
         "worker": job.get("worker"),
         "created": iso(job.get("created")),

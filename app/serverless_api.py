@@ -170,7 +170,7 @@ def upload_function() -> Response:
     artifact = request.files.get("artifact")
     if artifact is None:
         raise InvalidInput("attach the working directory as 'artifact' (a tar)", field="artifact")
-    extras = jobs.program_extras(form.get("dependencies"), form.get("env_vars"))
+    extras = jobs.program_extras(services(), form.get("dependencies"), form.get("env_vars"))
     dependencies, env_vars = extras.get("dependencies", []), extras.get("env_vars", {})
     schema = _form_json("arguments_schema", None, object)
     if schema is not None and not isinstance(schema, dict | bool):

@@ -105,9 +105,14 @@ class Client(FilesMixin):
 
     def run(self, title: str, arguments: dict[str, Any] | None = None, *,
             resources: str | dict[str, Any] | None = None, max_runtime: int | None = None,
-            device: str | None = None) -> Job:
-        """Run an uploaded program with `arguments` (any values the codec can carry)."""
+            device: str | None = None, reservation_arn: str | None = None) -> Job:
+        """Run an uploaded program with `arguments` (any values the codec can carry).
+
+        `reservation_arn`: a device reservation of yours (`qhybrid.reservations`): the job
+        waits until its window opens and holds the reservation's device in it."""
         body: dict[str, Any] = {"arguments": codec.encode(arguments or {})}
+        if reservation_arn is not None:
+            body["reservation_arn"] = reservation_arn
         if resources is not None:
             body["resources"] = resources
         if max_runtime is not None:

@@ -26,6 +26,7 @@ from app.service import Service, free_port, start_redis
 from qhybrid import Client
 from tasks.core.redis_client import connect
 from tasks.core.registry import Registry
+from tests import wheels
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_CLASSES = ["small", "medium"]       # `large` and `gpu` have no worker on purpose
@@ -128,6 +129,8 @@ def start_service(tmp: Path, redis_url: str, backend: str, endpoint: str | None,
         # test_isolation runs it as `nobody`.
         "QHYBRID_JOB_USER": "",
         "QHYBRID_SANDBOX_BIND": str(SHARED),
+        # jobs' dependencies come from a directory of hand-made wheels, never from PyPI
+        "QHYBRID_PACKAGE_INDEX": str(wheels.build_index()),
         **(extra_env or {}),
     })
     if backend == "s3":

@@ -448,6 +448,61 @@ def test_a_reservation_gives_its_jobs_the_device_in_its_window(service: RunningS
                 r.cancel()
 
 
+IN_WINDOW = """
+import os
+from qiskit import QuantumCircuit, transpile
+from qhybrid import get_backend, get_job_device, save_result
+
+device = get_backend(get_job_device())
+flip = QuantumCircuit(1)
+flip.x(0)
+flip.measure_all()
+counts = device.run(transpile(flip, device, seed_transpiler=1), shots=20).result().get_counts()
+save_result({"device": get_job_device(), "counts": counts,
+             "reservation": os.environ.get("AMZN_BRAKET_RESERVATION_TIME_WINDOW_ARN")})
+"""
+
+
+def _sleeps(seconds: float) -> str:
+    time.sleep(seconds)
+    return "woke"
+
+
+def test_a_program_job_runs_in_its_reservation_and_a_holder_without_it_is_stopped(
+        service: RunningService, client: Client, tmp_path: Path) -> None:
+    # given another user's job holding the device, and a window that opens in a few seconds
+    other = service.client()
+    holder = hybrid_job(device=RESERVED, client=other)(_sleeps)(300)
+    wait_until(lambda: holder.state() == "RUNNING", timeout=90)
+    start = time.time() + 5
+    res = create_reservation(RESERVED, start, start + 180, client=client)
+    try:
+        # when a program job (script mode) names the reservation
+        client.upload(Program(title="in-window", entrypoint="main.py",
+                              working_dir=write_program(tmp_path / "src", IN_WINDOW)))
+        job = client.run("in-window", reservation_arn=res.arn)
+        # then it waits for the window, the holder is stopped when it opens, and the job
+        # runs on the reserved device with the reservation in its environment
+        assert job.refresh()["reservation_arn"] == res.arn
+        assert job.status() == "QUEUED"
+        assert job.result(timeout=120) == {"device": RESERVED, "counts": {"1": 20},
+                                           "reservation": res.arn}
+        holder.wait(timeout=60)
+        assert holder.state() == "FAILED"
+        assert f"reserved from {res.raw['start']}" in holder.error_message()
+        assert "stopped when the window opened" in holder.error_message()
+        assert job.refresh()["started"] >= time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                         time.gmtime(start))
+        # a reservation of someone else's is not found; bad input changes nothing
+        with pytest.raises(NotFound):
+            other.run("in-window", reservation_arn=res.arn)
+        with pytest.raises(InvalidInput):
+            client.run("in-window", reservation_arn="arn:qhybrid:reservation/../x")
+    finally:
+        if res.state() in ("SCHEDULED", "ACTIVE"):
+            res.cancel()
+
+
 def test_an_admin_reserves_for_another_user(redis_server: str, tmp_path: Path) -> None:
     from app import create_app
     from tasks.core.settings import Settings

@@ -587,3 +587,33 @@ def test_a_map_whose_worker_is_lost_runs_again_and_its_reduce_follows(
         assert all(t["status"] == "DONE" for t in maps)
     finally:
         running.service.stop()
+
+
+PRINTS = """
+from qhybrid import distribute_task, get
+
+@distribute_task(target="small")
+def shout(i):
+    print("hello from task", i)
+    print("no newline at the end", end="")
+    return i
+
+print("the job got", get([shout(i) for i in range(3)]))
+"""
+
+
+def test_what_tasks_print_is_in_the_jobs_log(client: Client, tmp_path: Path) -> None:
+    import re
+
+    job = run_program(client, tmp_path, PRINTS)
+    job.wait(timeout=120)
+    assert job.status() == "DONE", job.error_message()
+    log = job.logs()
+    for i in range(3):
+        assert re.search(rf"^\(shout task=[0-9a-f]{{8}}\) hello from task {i}$", log, re.M), log
+    assert len(re.findall(r"^\(shout task=[0-9a-f]{8}\) no newline at the end$", log, re.M)) == 3
+    assert "the job got [0, 1, 2]" in log
+    # each task's own log still has its output alone
+    task = job.tasks()[0]
+    own = client._json("GET", f"/jobs/{job.job_id}/tasks/{task['task_id']}")["log"]
+    assert own == "hello from task 0\nno newline at the end"

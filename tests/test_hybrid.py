@@ -437,62 +437,6 @@ def test_a_notebook_cell_function_shows_its_lines_in_the_job(client: Client,
     assert source.result(timeout=120) == "def run(x):\n    return check(x)\n"
 
 
-def test_dependencies_are_refused_when_the_server_does_not_install(client: Client,
-                                                                   tmp_path: Path) -> None:
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text("# pinned\nmitiq==0.29\n")
-    for deps in (["mitiq==0.29"], requirements):
-        with pytest.raises(InvalidInput, match="does not install") as err:
-            hybrid_job(device=None, client=client, dependencies=deps)(fails)("x")
-        assert err.value.field == "dependencies"
-    assert client.jobs() == []
-
-
-def _tiny_wheel(where: Path) -> Path:
-    """A pure-Python wheel built by hand: installs offline."""
-    import base64
-    import hashlib
-    import zipfile
-
-    files = {"qh_tiny_dep.py": b"VALUE = 42\n",
-             "qh_tiny_dep-0.1.dist-info/METADATA":
-                 b"Metadata-Version: 2.1\nName: qh-tiny-dep\nVersion: 0.1\n",
-             "qh_tiny_dep-0.1.dist-info/WHEEL":
-                 b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                 b"Tag: py3-none-any\n"}
-    record = [f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}"
-              for name, data in files.items()]
-    files["qh_tiny_dep-0.1.dist-info/RECORD"] = ("\n".join(
-        [*record, "qh_tiny_dep-0.1.dist-info/RECORD,,"]) + "\n").encode()
-    wheel = where / "qh_tiny_dep-0.1-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return wheel
-
-
-def test_allowed_dependencies_are_installed_for_the_job(redis_server: str,
-                                                        tmp_path: Path) -> None:
-    from qhybrid.resources import load_classes
-    from tasks.core.redis_client import connect
-    from tasks.core.registry import Registry
-    from tasks.core.settings import Settings
-    from tasks.jobs.hybrid import HybridSupervisor
-
-    settings = Settings(redis_url=f"{redis_server}/5", storage_url=(tmp_path / "s").as_uri(),
-                        s3_endpoint_url=None, data_dir=tmp_path / "d",
-                        resource_classes_path=None, allow_installs=True)
-    job = {"id": "a" * 32, "user": "u", "job_name": "deps", "prefix": "users/u/jobs/deps/1",
-           "kind": "hybrid", "dependencies": [str(_tiny_wheel(tmp_path))]}
-    sup = HybridSupervisor(job, Registry(connect(settings.redis_url)),
-                           open_store(settings.storage_url), settings,
-                           load_classes()["small"], "test-worker")
-    sup.job_dir.mkdir(parents=True)
-    [site] = sup._install_dependencies()
-    assert (Path(site) / "qh_tiny_dep.py").read_text() == "VALUE = 42\n"
-    assert "installing dependencies" in sup.log_path.read_text()
-
-
 # --- local mode ----------------------------------------------------------------------------
 def test_local_mode_failure_checkpoints_and_helpers(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ from qhybrid import Program
 from tests.conftest import RunningService, write_program
 
 PROBE = r'''
-import glob, os, socket
+import glob, os, socket, tempfile
 from qhybrid import get_arguments, save_result
 
 args = get_arguments()
@@ -36,7 +36,9 @@ with socket.create_connection(("127.0.0.1", args["redis_port"])) as sock:
     redis_answer = sock.recv(200).decode()
 
 open("made-by-the-job.txt", "w").write("ok")
-save_result({"uid": os.getuid(), "leaks": leaks, "readable": readable,
+with tempfile.NamedTemporaryFile() as scratch, open("/dev/shm/scratch", "w") as shm:
+    scratch.write(b"a job uses /tmp and /dev/shm as on any host")
+save_result({"tmp": scratch.name,"uid": os.getuid(), "leaks": leaks, "readable": readable,
              "refused": {p: refused(p) for p in args["private"]},
              "redis": redis_answer, "home_writable": os.access(os.environ["HOME"], os.W_OK)})
 '''
@@ -78,6 +80,7 @@ def test_user_code_as_another_account_cannot_read_the_data(isolated_service: Run
     assert all(seen["refused"].values()), seen["refused"]
     assert "NOAUTH" in seen["redis"]
     assert seen["home_writable"]
+    assert seen["tmp"].startswith("/tmp/")
 
 
 LINKS = r'''

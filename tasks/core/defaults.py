@@ -139,12 +139,15 @@ MAX_INPUT_DATA_BYTES = 5 * 1024**3          # local input channels of one job, u
 MAX_CHECKPOINT_BYTES = 64 * 1024**2         # one save_job_checkpoint
 MAX_DEPENDENCIES = 100                      # requirement lines of one job
 DEPENDENCY_INSTALL_TIMEOUT_S = 900          # pip install of a job's dependencies (when allowed)
+PACKAGE_INDEX = "https://pypi.org/simple"   # where jobs' dependencies come from
+DEPENDENCY_INSTALL_MEM_BYTES = 4 * 1024**3   # pip's sandbox (its /tmp included)
 
 # --- Distributed tasks (distribute_task, put, map_reduce) -------------------------------
 TASK_KEY = KEY_PREFIX + "task:{task_id}"                   # hash: the task record
 TASK_PAYLOAD_KEY = KEY_PREFIX + "task:{task_id}:payload"   # bytes: pickled (args, kwargs), until it ran
 TASK_RESULT_KEY = KEY_PREFIX + "task:{task_id}:result"     # bytes: pickled return value when small
 TASK_LOG_KEY = KEY_PREFIX + "task:{task_id}:log"           # string: the task's output, capped
+JOB_TASK_OUTPUT_KEY = KEY_PREFIX + "job:{job_id}:{attempt}:task-output"  # its tasks' output, for its log
 TASK_HEARTBEAT_KEY = KEY_PREFIX + "task:{task_id}:heartbeat"  # string with TTL while it runs
 TASK_INBOX_KEY = KEY_PREFIX + "inbox:{owner}"              # list: "<task id> <status>" as they end
 JOB_TASKS_KEY = KEY_PREFIX + "job:{job_id}:tasks"          # sorted set: task id -> submission order
@@ -170,6 +173,7 @@ TASK_END_WAIT_S = 10.0                      # a job that ends waits this long fo
 TASK_EXPIRY_S = 7 * 24 * 3600               # task records after their job ended (listing)
 TASK_RESULT_EXPIRY_S = 24 * 3600            # results, payloads and put() objects after the job ended
 TASK_LOG_MAX_BYTES = 64 * 1024              # output kept per task (its beginning)
+JOB_TASK_OUTPUT_MAX_BYTES = 16 * 1024**2    # all tasks' output that joins one job's log
 TASK_ERROR_LINES = 40                       # remote traceback lines kept per failed task
 EXECUTOR_IDLE_S = 30.0                      # a job's idle task executor process is stopped after this
 EXECUTOR_START_TIMEOUT_S = 60.0

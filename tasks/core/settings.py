@@ -40,7 +40,8 @@ class Settings:
     files_redirect: bool = True    # S3 downloads: redirect to a presigned URL, else stream through
     devices_path: Path | None = None   # TOML of extra devices (backends.registry.load_devices)
     device_threads: int = 0            # simulator threads per quantum task; 0: cores / slots
-    allow_installs: bool = False       # hybrid jobs may pip-install their `dependencies`
+    allow_installs: bool = True        # jobs' `dependencies` are installed (tasks.sandbox.dependencies)
+    package_index: str = defaults.PACKAGE_INDEX   # where they come from: index URL or wheel dir
     tar_max_bytes: int = defaults.TAR_MAX_UNPACKED_BYTES   # what one user tar may unpack to
     tar_max_members: int = defaults.TAR_MAX_MEMBERS        # members one user tar may hold
     admins: frozenset[str] = frozenset()   # users who may reserve devices for other users
@@ -74,7 +75,8 @@ class Settings:
             files_redirect=env.get("QHYBRID_FILES_REDIRECT", "1").lower() not in ("0", "false", "no"),
             devices_path=Path(env["QHYBRID_DEVICES"]) if env.get("QHYBRID_DEVICES") else None,
             device_threads=int(env.get("QHYBRID_DEVICE_THREADS") or 0),
-            allow_installs=env.get("QHYBRID_ALLOW_INSTALLS", "0").lower() in ("1", "true", "yes"),
+            allow_installs=env.get("QHYBRID_ALLOW_INSTALLS", "1").lower() not in ("0", "false", "no"),
+            package_index=env.get("QHYBRID_PACKAGE_INDEX") or defaults.PACKAGE_INDEX,
             tar_max_bytes=int(env.get("QHYBRID_TAR_MAX_BYTES") or defaults.TAR_MAX_UNPACKED_BYTES),
             tar_max_members=int(env.get("QHYBRID_TAR_MAX_MEMBERS") or defaults.TAR_MAX_MEMBERS),
             admins=frozenset(u.strip() for u in env.get("QHYBRID_ADMINS", "").split(",")

@@ -101,6 +101,8 @@ def repair(services: Services, celery: Celery) -> None:
     for name in device_registry(services.settings).names():
         end_jobs_of_closed_windows(registry, name, now)
         current = holder(r, name)
+        if current is not None:
+            stop_holder_outside_its_window(registry, name, current, now)
         if current is None:
             granted = release(r, name, "")
             if granted:
@@ -157,6 +159,29 @@ def cancel_reservation(services: Services, user: str, ref: Any) -> dict[str, Any
     if granted:
         dispatch(services.registry, granted)
     return reservations.load(r, rec["id"]) or rec
+
+
+def stop_holder_outside_its_window(registry: Registry, device: str, job_id: str,
+                                   now: float) -> bool:
+    """A reservation's window opened on the device while a job without that reservation held
+    it: the job is stopped (it ends in ERROR saying why), so the reservation's jobs get the
+    device. True when it was."""
+    window = reservations.open_reservation(registry.r, device, now)
+    if window is None:
+        return False
+    if registry.job_field(job_id, "reservation_id") == window["id"]:
+        return False
+    times = reservations.reservation_json(window)
+    reason = (f"device {device} is reserved from {times['start']} to {times['end']} "
+              f"(reservation {window['id']}): only that reservation's jobs hold it in its "
+              "window, so this job, which held it without the reservation, was stopped when "
+              "the window opened")
+    registry.set_fields(job_id, stop_reason=reason)
+    if registry.transition(job_id, d.ERROR, allowed=[d.QUEUED], ended=now, error=reason,
+                           detail="a reservation window opened"):
+        return True
+    return bool(registry.transition(job_id, d.CANCELING, allowed=[d.INITIALIZING, d.RUNNING],
+                                    detail="a reservation window opened"))
 
 
 def end_jobs_of_closed_windows(registry: Registry, device: str, now: float) -> None:

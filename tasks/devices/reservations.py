@@ -5,8 +5,9 @@ never overlap. Inside its window only the jobs that carry the reservation are gi
 (tasks.devices.holders), and only their quantum tasks (and the owner's tasks that name it) are
 accepted on it. A job with a reservation waits QUEUED until its window opens, and ends in
 ERROR if the window closes (or is canceled) first; a quantum task naming a reservation outside
-its window is refused. A job already holding the device when a window opens is not stopped:
-the reservation's jobs get the device when it ends.
+its window is refused. A job holding the device without the reservation when a window opens
+is stopped (it ends in ERROR saying so; tasks.devices.holders.repair, within seconds), so the
+reservation's jobs get the device.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from storage.tarsafe import safe_extract
 from tasks.core import defaults as d
 from tasks.core.channel import ChannelServer, Handler
 from tasks.core.settings import Settings
+from tasks.sandbox import dependencies
 from tasks.sandbox.box import JobProcess, Sandbox
 from tasks.sandbox.child import ChildSpec
 from tasks.sandbox.environment import THREAD_ENV, clean_env, warm_parent
@@ -51,8 +52,10 @@ class Executor:
     """One warm child process serving one job's tasks."""
 
     def __init__(self, job: dict[str, Any], rc: ResourceClass, src: Path, root: Path,
-                 op_names: tuple[str, ...], job_src: Path | None = None) -> None:
+                 op_names: tuple[str, ...], job_src: Path | None = None,
+                 environment: dependencies.Environment | None = None) -> None:
         self.job_id: str = job["id"]
+        self.environment = environment      # the job's dependencies, held while this lives
         self.key = executor_key(job, rc)
         self.rc = rc
         self.dir = root / f"exec-{uuid.uuid4().hex[:12]}"
@@ -64,6 +67,7 @@ class Executor:
         # swap the file for a link to something only the worker may read.
         self._log_fd = os.open(self.log_path, os.O_RDONLY | os.O_NOFOLLOW)
         self._log_pos = 0
+        self.partial_line = b""      # output of the running task after its last newline
         # Unix socket paths are short (107 bytes): they live in a private temporary directory.
         self._sock_dir = Path(tempfile.mkdtemp(prefix="qh-x"))
         # The channel serves the running task's calls (nested tasks, put, get ...) through
@@ -103,9 +107,13 @@ class Executor:
         try:
             # the job's code also where the job's own process has it, so that tracebacks of
             # functions it defined show their source lines
+            ro_at = [(src, job_src)] if job_src and job_src != src else []
+            if environment is not None:
+                ro_at += environment.mount()
             self.box = Sandbox([self.dir, self._sock_dir, src], mem=rc.mem, cpu=rc.cpu,
-                               label=f"{self.job_id}-{self.dir.name}",
-                               ro_at=[(src, job_src)] if job_src and job_src != src else [])
+                               label=f"{self.job_id}-{self.dir.name}", ro_at=ro_at)
+            if environment is not None:
+                environment.apply(spec, sandboxed=self.box.on)
             warm_parent()
             self.proc = self.box.spawn(spec)
             self.sock = self._accept(listener)
@@ -194,6 +202,8 @@ class Executor:
         except AttributeError:
             pass
         self.channel.close()
+        if self.environment is not None:
+            self.environment.release()
         try:
             os.close(self._log_fd)
         except OSError:
@@ -223,7 +233,10 @@ class ExecutorPool:
         self._source_locks: dict[tuple[str, str], threading.Lock] = {}
         self.max_idle = max(4, 2 * (os.cpu_count() or 1))
 
-    def acquire(self, job: dict[str, Any], rc: ResourceClass) -> Executor:
+    def acquire(self, job: dict[str, Any], rc: ResourceClass,
+                tick: Callable[[], bool] = lambda: False) -> Executor:
+        """An idle executor of the job and class, else a new one (with the job's
+        dependencies installed on this host first; `tick` returning True cancels that)."""
         key = executor_key(job, rc)
         with self._lock:
             idle = self._idle.get(key) or []
@@ -235,11 +248,26 @@ class ExecutorPool:
                 ex.kill()
         src = self.source(job)
         job_src = self.settings.work_dir / f"{job['id']}-{job.get('attempt') or 1}" / "src"
-        ex = Executor(job, rc, src, self.root, self.op_names, job_src=job_src)
+        environment = self.environment(job, tick)
+        try:
+            ex = Executor(job, rc, src, self.root, self.op_names, job_src=job_src,
+                          environment=environment)
+        except BaseException:
+            if environment is not None:
+                environment.release()
+            raise
         with self._lock:
             self._busy.add(ex)
         self._trim()
         return ex
+
+    def environment(self, job: dict[str, Any],
+                    tick: Callable[[], bool]) -> dependencies.Environment | None:
+        requirements = list(job.get("dependencies") or [])
+        if not requirements:
+            return None
+        with tempfile.TemporaryFile() as log:
+            return dependencies.ensure(requirements, self.settings, log, tick)
 
     def release(self, ex: Executor, healthy: bool = True) -> None:
         with self._lock:

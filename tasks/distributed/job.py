@@ -30,6 +30,7 @@ class JobTasks(JobExtension):
     def __init__(self, sup: Supervisor) -> None:
         super().__init__(sup)
         self._session: TaskSession | None = None
+        self._output_at = 0
 
     def session(self) -> TaskSession:
         if self._session is None:
@@ -50,6 +51,14 @@ class JobTasks(JobExtension):
             return lambda **kw: self.session().ops()[name](**kw)
 
         return {name: op(name) for name in SESSION_OPS}
+
+    def output(self) -> bytes:
+        if self._session is None:        # the job started no task
+            return b""
+        attempt = str(self.sup.job.get("attempt") or 1)
+        chunk = self._session.env.tasks.job_output(self.sup.job_id, attempt, self._output_at)
+        self._output_at += len(chunk)
+        return chunk
 
     def stop(self, status: str) -> None:
         self.end_tasks(f"the job ended ({status})")

@@ -304,6 +304,26 @@ class TaskRegistry:
         self.r.expire(key, d.TASK_EXPIRY_S)
 
 
+    def append_job_output(self, job_id: str, attempt: str, text: str) -> None:
+        """Task output for the job's own log (the job's supervisor moves it there)."""
+        key = d.JOB_TASK_OUTPUT_KEY.format(job_id=job_id, attempt=attempt)
+        room = d.JOB_TASK_OUTPUT_MAX_BYTES - int(self.r.strlen(key) or 0)
+        if room <= 0:
+            return
+        if len(text) > room:
+            text = text[:room] + "\n[qhybrid: the tasks' output is cut here; each task's own " \
+                                 "log keeps its beginning]\n"
+        pipe = self.r.pipeline(transaction=False)
+        pipe.append(key, text)
+        pipe.expire(key, d.TASK_EXPIRY_S)
+        pipe.execute()
+
+    def job_output(self, job_id: str, attempt: str, offset: int) -> bytes:
+        """The output of the tasks of a job attempt, from byte `offset`."""
+        key = d.JOB_TASK_OUTPUT_KEY.format(job_id=job_id, attempt=attempt)
+        return bytes(self.raw.getrange(key, offset, -1) or b"")
+
+
 def _unflat(rec: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = dict(rec)
     for k in ("created", "started", "ended", "cpu"):

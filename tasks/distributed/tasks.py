@@ -99,7 +99,8 @@ class TaskWorker:
                 raise QhybridError(f"resource class {rec['class']!r} is not configured here")
             if cpus is None:
                 cpus, fds = self.slots.acquire(rc.threads())
-            ex = self.pool.acquire(job, rc)
+            ex = self.pool.acquire(job, rc, tick=lambda: not self._job_active(
+                job["id"], str(job["attempt"])))
             session = TaskSession(self.env, job, owner=task_id, parent_task=task_id,
                                   stage=lambda: str(rec.get("stage") or d.RUNNING),
                                   spool=ex.spool,
@@ -137,7 +138,7 @@ class TaskWorker:
             healthy = False
         finally:
             if ex is not None:
-                self._pump(task_id, ex)
+                self._pump(task_id, ex, str(rec.get("name") or "task"), final=True)
                 ex.session = None
                 self.pool.release(ex, healthy)
             if session is not None:
@@ -197,7 +198,7 @@ class TaskWorker:
             now = time.monotonic()
             if now - last_beat >= d.HEARTBEAT_INTERVAL_S:
                 self.env.tasks.heartbeat(task_id, self.name)
-                self._pump(task_id, ex)
+                self._pump(task_id, ex, str(rec.get("name") or "task"))
                 last_beat = now
             if self._stop.is_set():
                 return True
@@ -208,10 +209,23 @@ class TaskWorker:
 
         return tick
 
-    def _pump(self, task_id: str, ex: Executor) -> None:
+    def _pump(self, task_id: str, ex: Executor, name: str = "task", final: bool = False) -> None:
+        """The executor's new output: into the task's log, and, line by line with the task's
+        name and id before each (as Ray shows a task's prints in its driver's log), into the
+        job's log."""
         chunk = ex.read_output()
         if chunk:
             self.env.tasks.append_log(task_id, chunk.decode("utf-8", errors="replace"))
+        lines = (ex.partial_line + chunk).split(b"\n")
+        ex.partial_line = lines.pop()
+        if final and ex.partial_line:
+            lines.append(ex.partial_line)
+            ex.partial_line = b""
+        if lines:
+            head = f"({name} task={task_id[:8]}) "
+            text = "".join(head + line.decode("utf-8", errors="replace") + "\n"
+                           for line in lines)
+            self.env.tasks.append_job_output(ex.job_id, ex.key[1], text)
 
     # --- helping: a parent that waits runs its own queued children -------------------------
     def _helper(self, rc: ResourceClass,

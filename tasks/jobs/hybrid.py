@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from qhybrid.errors import InvalidInput, PayloadTooLarge, QhybridError
+from qhybrid.errors import PayloadTooLarge
 from qhybrid.hybrid_rules import RETURN_HINT
 from qhybrid.local_job import link_inputs, unlink_inputs
 from storage import keys
@@ -74,7 +71,6 @@ class HybridSupervisor(Supervisor):
         self.input_dir.mkdir(exist_ok=True)
         hyperparameters = self.job_dir / "hyperparameters.json"
         hyperparameters.write_text(json.dumps(self.job.get("hyperparameters") or {}))
-        sys_path = self._install_dependencies()
         self._links = link_inputs(self.results_dir, self.input_dir, inputs)
         threads = str(self.rc.threads())
         env = clean_env({
@@ -90,7 +86,7 @@ class HybridSupervisor(Supervisor):
         })
         return ChildSpec(cwd=str(self.results_dir), argv=[self.job.get("job_name") or KIND],
                          env=env, log_path=str(self.log_path), error_path=str(self.error_path),
-                         sys_path=sys_path, cpus=self.cpus, mem_bytes=self.rc.mem,
+                         cpus=self.cpus, mem_bytes=self.rc.mem,
                          tail_lines=d.ERROR_TRACEBACK_LINES, call_path=str(self.function_path),
                          return_path=str(self.return_path),
                          return_format=self.job.get("result_format") or "json")
@@ -115,41 +111,6 @@ class HybridSupervisor(Supervisor):
             rel = obj.key[len(source):]
             self.store.copy(obj.key, target + rel)
             self.store.download_file(obj.key, self.checkpoint_dir.joinpath(*rel.split("/")))
-
-    def _install_dependencies(self) -> list[str]:
-        """pip-install the job's dependencies into the job directory (when the server allows)."""
-        requirements = self.job.get("dependencies") or []
-        if not requirements:
-            return []
-        if not self.settings.allow_installs:
-            raise InvalidInput("this server does not install dependencies (an operator enables "
-                               "it with QHYBRID_ALLOW_INSTALLS=1)", field="dependencies")
-        target = self.job_dir / "site-packages"
-        listing = self.job_dir / "requirements.txt"
-        listing.write_text("\n".join(requirements) + "\n")
-        argv = [sys.executable, "-m", "pip", "install", "--no-input", "--quiet",
-                "--disable-pip-version-check", "--target", str(target), "-r", str(listing)]
-        with open(self.log_path, "ab") as log:
-            log.write(b"[qhybrid: installing dependencies]\n")
-            log.flush()
-            proc = subprocess.Popen(argv, cwd=self.job_dir, env=clean_env(), stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-            deadline = time.monotonic() + d.DEPENDENCY_INSTALL_TIMEOUT_S
-            while proc.poll() is None:
-                canceled = self.registry.job_field(self.job_id, "status") == d.CANCELING
-                if canceled or time.monotonic() > deadline:
-                    proc.kill()
-                    proc.wait()
-                    if canceled:
-                        return []      # the child never starts: watch() ends it CANCELED
-                    raise QhybridError("installing the dependencies took more than "
-                                       f"{d.DEPENDENCY_INSTALL_TIMEOUT_S} s")
-                time.sleep(d.SUPERVISOR_TICK_S * 4)
-        if proc.returncode:
-            raise QhybridError(f"installing the dependencies failed (pip exited with "
-                               f"{proc.returncode}); the job's log has pip's output")
-        return [str(target)]
 
     def finish(self, status: str, error: str) -> None:
         """Store the return value and the metrics, then what every job stores."""

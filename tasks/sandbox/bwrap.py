@@ -151,9 +151,10 @@ def bwrap_argv(rw: Iterable[Path], tmp_bytes: int, user_ns: bool,
         argv += ["--tmpfs", path] if is_dir else ["--ro-bind", "/dev/null", path]
     # private /tmp first: the service's Python or checkout may itself lie below /tmp, and is
     # then bound on top of it below
+    # (1777, as on a host: a job run as another account than the sandbox's owner writes there)
     argv += ["--proc", "/proc", "--dev", "/dev",
-             "--size", str(tmp_bytes), "--tmpfs", "/tmp",
-             "--size", str(tmp_bytes), "--tmpfs", "/dev/shm"]
+             "--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp",
+             "--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/dev/shm"]
     # bwrap makes the missing parents of a bind 0700: made 0755 here first, so that a job run
     # as another account (QHYBRID_JOB_USER, or a user namespace's) can reach what is bound
     made = {"/", "/tmp", "/dev", "/proc"}       # these alone: what lies below is not there

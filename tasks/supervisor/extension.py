@@ -9,6 +9,8 @@ supervisor, then asks them, in this order:
 - `ops()`: at the start, the channel operations by name (a name offered twice is an error);
 - `env()`: program jobs, before the child starts: variables for it (the supervisor's own win);
 - `prepare(spec)`: program jobs, the child's spec, to change (files to convert, say);
+- `output()`: while the job runs and at its end, output it made elsewhere (its distributed
+  tasks' prints), appended to its log;
 - `stop(status)`: the child is gone: stop what still runs for the job (a failure is logged);
 - `keep(status)`: store what the attempt made (status is INTERRUPTED when the job will run
   again); raising ends a DONE job in ERROR, "storing the job's <keeps> failed: ...";
@@ -43,6 +45,9 @@ class JobExtension:
 
     def prepare(self, spec: ChildSpec) -> None:
         return None
+
+    def output(self) -> bytes:
+        return b""
 
     def stop(self, status: str) -> None:
         return None

@@ -29,6 +29,7 @@ from tasks.core.registry import Registry
 from tasks.core.settings import Settings
 from tasks.core.usage import UsageMeter
 from tasks.sandbox import box as sandbox
+from tasks.sandbox import dependencies
 from tasks.sandbox.child import ChildSpec
 from tasks.sandbox.environment import THREAD_ENV, clean_env, warm_parent
 from tasks.sandbox.isolation import hand_over, job_account, open_job_file
@@ -83,6 +84,7 @@ class Supervisor:
         self._log: BinaryIO | None = None
         self._earlier_log = b""
         self.sandbox: sandbox.Sandbox | None = None
+        self.environment: dependencies.Environment | None = None
 
     # --- operations the child may call -----------------------------------------------------
     def op_update_status(self, status: str) -> bool:
@@ -123,18 +125,46 @@ class Supervisor:
             if self.job_dir.exists():
                 shutil.rmtree(self.job_dir)
             self.results_dir.mkdir(parents=True)
+            # Opened now, and read through this handle: what is written before the child
+            # starts (the install of the job's dependencies) is in the job's log too, and the
+            # job's account owns the directory once the child runs.
+            self._log = open(self.log_path, "a+b")  # noqa: SIM115 - closed in finish()
+            self.environment = self.install_dependencies()
             # made first: it shows the job directory, which must keep its inode from here on
-            self.sandbox = sandbox.Sandbox([self.job_dir, self._socket_dir], mem=self.rc.mem,
-                                           cpu=self.rc.cpu, label=self.job_dir.name)
+            self.sandbox = sandbox.Sandbox(
+                [self.job_dir, self._socket_dir], mem=self.rc.mem, cpu=self.rc.cpu,
+                label=self.job_dir.name,
+                ro_at=self.environment.mount() if self.environment else None)
             spec = self.prepare()
+            if self.environment is not None:
+                self.environment.apply(spec, sandboxed=self.sandbox.on)
             channel = ChannelServer(self.socket_path, self.ops).start()
             status, error = self.watch(spec)
+        except dependencies.InstallCanceled:
+            status, error = d.CANCELED, ""
         except Exception as exc:  # a failure of ours, not of the user's code
             status, error = d.ERROR, f"{type(exc).__name__}: {exc}"
         finally:
             if channel:
                 channel.close()
             self.finish(status, error)
+
+    def install_dependencies(self) -> dependencies.Environment | None:
+        """The job's `dependencies` on this host (tasks.sandbox.dependencies); pip's output
+        shows in the live log as it comes."""
+        requirements = list(self.job.get("dependencies") or [])
+        if not requirements:
+            return None
+        assert self._log is not None
+
+        def tick() -> bool:
+            self.pump_log()
+            return self.registry.job_field(self.job_id, "status") == d.CANCELING
+
+        try:
+            return dependencies.ensure(requirements, self.settings, self._log, tick)
+        finally:
+            self.pump_log()
 
     def prepare(self) -> ChildSpec:
         """Fetch code and arguments into a fresh job directory; the child's spec."""
@@ -175,8 +205,6 @@ class Supervisor:
 
     def watch(self, spec: ChildSpec) -> tuple[str, str]:
         """Start the child in the sandbox, follow it to its end: (final status, error)."""
-        # Read through a handle opened now: the job's account owns the directory from here on.
-        self._log = open(self.log_path, "a+b")  # noqa: SIM115 - closed in finish()
         account = job_account()
         if account is not None:
             hand_over(account, self.job_dir, self._socket_dir)
@@ -203,7 +231,9 @@ class Supervisor:
                 self.registry.heartbeat(self.job_id, self.worker)
                 last_beat = now
             if self.registry.job_field(self.job_id, "status") == d.CANCELING:
-                outcome = (d.CANCELED, "")
+                # stopped by the service, not by its user (a reservation's window opened)
+                reason = self.registry.job_field(self.job_id, "stop_reason")
+                outcome = (d.ERROR, reason) if reason else (d.CANCELED, "")
             elif now > deadline:
                 limit = int(self.job.get("max_runtime") or self.settings.max_runtime_s)
                 outcome = (d.ERROR, f"the job exceeded its maximum run time of {limit} s")
@@ -239,6 +269,11 @@ class Supervisor:
         """Append what the child wrote since the last call to the live log."""
         if self._log is None:
             return
+        for ext in self.extensions:
+            made = ext.output()
+            if made:
+                self._log.write(made)
+                self._log.flush()
         chunk = os.pread(self._log.fileno(), 4 * 1024**2, self._log_pos)
         if not chunk:
             return
@@ -262,6 +297,10 @@ class Supervisor:
         if self.sandbox is not None:
             self.sandbox.kill()     # already done when the job ran; its cgroup goes at the end
         self.end_tasks(status)
+        try:
+            self.pump_log()      # what the tasks printed last
+        except Exception:        # Redis away: the log keeps what the job's own process wrote
+            pass
         for ext in self.extensions:
             try:
                 ext.keep(status)
@@ -273,6 +312,8 @@ class Supervisor:
             self.requeue(error)
             if self.sandbox is not None:
                 self.sandbox.close()
+            if self.environment is not None:
+                self.environment.release()
             shutil.rmtree(self.job_dir, ignore_errors=True)
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             return
@@ -318,6 +359,8 @@ class Supervisor:
         self.registry.expire_log(self.job_id)
         if self.sandbox is not None:
             self.sandbox.close()
+        if self.environment is not None:
+            self.environment.release()
         shutil.rmtree(self.job_dir, ignore_errors=True)
         shutil.rmtree(self._socket_dir, ignore_errors=True)
 
