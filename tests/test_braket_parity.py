@@ -463,7 +463,7 @@ save_result({"device": get_job_device(), "counts": counts,
 """
 
 
-def _sleeps(seconds: float) -> str:
+def _naps(seconds: float) -> str:
     time.sleep(seconds)
     return "woke"
 
@@ -472,7 +472,7 @@ def test_a_program_job_runs_in_its_reservation_and_a_holder_without_it_is_stoppe
         service: RunningService, client: Client, tmp_path: Path) -> None:
     # given another user's job holding the device, and a window that opens in a few seconds
     other = service.client()
-    holder = hybrid_job(device=RESERVED, client=other)(_sleeps)(300)
+    holder = hybrid_job(device=RESERVED, client=other)(_naps)(300)
     wait_until(lambda: holder.state() == "RUNNING", timeout=90)
     start = time.time() + 5
     res = create_reservation(RESERVED, start, start + 180, client=client)
