@@ -115,9 +115,7 @@ def task_result(task_id: str) -> Response:
     A task that failed before simulating answers its error; a canceled one 409.
     """
     wait = float_arg("wait", 0.0, 0.0, d.LONG_POLL_MAX_S)
-    tasks = _tasks()
-    rec = tasks.wait_for(task_id, g.user, wait)
-    text = tasks.result_text(services().store, rec)
+    rec, text = _tasks().wait_for_result(services().store, task_id, g.user, wait)
     if text is None:
         return Response(json.dumps(task_json(rec)), status=202, mimetype="application/json")
     head = json.dumps({"task_id": rec["id"], "status": rec["status"]})[:-1]

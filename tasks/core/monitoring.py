@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 KEY = d.KEY_PREFIX + "monitor:"
 JOBS_ENTERED_KEY = KEY + "jobs_entered"          # hash "<status>|<class>" -> count
 QTASKS_KEY = KEY + "quantum_tasks"               # hash "<device>|<status>" -> count
+# (counted by the quantum-task transition script itself, tasks.devices.quantum_tasks)
 STORAGE_ERRORS_KEY = KEY + "storage_errors"      # hash "<operation>" -> count
 HIST_KEY = KEY + "hist:{name}"                   # hash "<class>|<le>", "<class>|sum", "|count"
 
@@ -60,13 +61,6 @@ def job_transition(r: Any, job_id: str, to: str) -> None:
         pipe.execute()
     except Exception:
         log.warning("could not record job %s entering %s for /metrics", job_id, to, exc_info=True)
-
-
-def quantum_task_transition(r: Any, device: str, to: str) -> None:
-    try:
-        r.hincrby(QTASKS_KEY, f"{device}|{to}", 1)
-    except Exception:
-        log.warning("could not record a quantum task for /metrics", exc_info=True)
 
 
 def storage_error(r: Any, operation: str) -> None:

@@ -49,15 +49,20 @@ PRIORITY = "priority"
 NORMAL = "normal"
 
 _TRANSITION = """
--- KEYS: task, queued (priority), queued (normal), running set, device runs
--- ARGV: to, allowed (csv), now, runs kept, then field/value pairs
+-- KEYS: task, queued (priority), queued (normal), running set, device runs, monitor counts,
+--       result, circuits
+-- ARGV: to, allowed (csv), now, runs kept, changed channel, monitor field, result text
+--       ("": none), "1" to drop the circuits, then field/value pairs.
+-- A move is counted for /metrics and published on the task's channel in the same call, after
+-- its result (if any) is stored.
+if ARGV[8] == '1' then redis.call('DEL', KEYS[8]) end
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return -1 end
 local ok = false
 for s in string.gmatch(ARGV[2], '[^,]+') do if s == cur then ok = true end end
 if not ok then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated', ARGV[3])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 local id = redis.call('HGET', KEYS[1], 'id')
 if ARGV[1] ~= 'QUEUED' then
   redis.call('ZREM', KEYS[2], id)
@@ -70,6 +75,9 @@ if ARGV[1] == 'RUNNING' then
 else
   redis.call('SREM', KEYS[4], id)
 end
+if ARGV[7] ~= '' then redis.call('SET', KEYS[7], ARGV[7]) end
+redis.pcall('HINCRBY', KEYS[6], ARGV[6], 1)   -- counting never fails a move
+redis.call('PUBLISH', ARGV[5], ARGV[1])
 return 1
 """
 
@@ -123,23 +131,46 @@ class QuantumTasks:
     def transition(self, rec: dict[str, Any], to: str, allowed: Iterable[str],
                    **fields: Any) -> bool:
         """Move the task to `to` if it stands in `allowed`; True when it moved (and published)."""
-        device = rec["device"]
-        keys_ = [d.QTASK_KEY.format(task_id=rec["id"]),
+        return self._move(rec, to, allowed, fields)
+
+    def _move(self, rec: dict[str, Any], to: str, allowed: Iterable[str],
+              fields: dict[str, Any], result: str = "", drop_circuits: bool = False) -> bool:
+        """The transition script: with `result`, that text is stored (before the move is
+        published) when the task moves; with `drop_circuits`, its Redis payload is deleted."""
+        from tasks.core.monitoring import QTASKS_KEY
+
+        task_id, device = rec["id"], rec["device"]
+        keys_ = [d.QTASK_KEY.format(task_id=task_id),
                  d.DEVICE_QUEUED_KEY.format(device=device, priority=PRIORITY),
                  d.DEVICE_QUEUED_KEY.format(device=device, priority=NORMAL),
-                 d.RUNNING_QTASKS_KEY, d.DEVICE_RUNS_KEY.format(device=device)]
-        args: list[Any] = [to, ",".join(allowed), time.time(), d.DEVICE_RUNS_KEPT]
+                 d.RUNNING_QTASKS_KEY, d.DEVICE_RUNS_KEY.format(device=device), QTASKS_KEY,
+                 d.QTASK_RESULT_KEY.format(task_id=task_id),
+                 d.QTASK_CIRCUITS_KEY.format(task_id=task_id)]
+        args: list[Any] = [to, ",".join(allowed), time.time(), d.DEVICE_RUNS_KEPT,
+                           d.QTASK_CHANGED_CHANNEL.format(task_id=task_id), f"{device}|{to}",
+                           result, "1" if drop_circuits else ""]
         for key, value in flat_record(fields).items():
             args += [key, value]
         moved = self._transition(keys=keys_, args=args)
         if moved == -1:
-            raise NotFound(f"no quantum task {rec['id']!r}")
-        if moved:
-            self.r.publish(d.QTASK_CHANGED_CHANNEL.format(task_id=rec["id"]), to)
-            from tasks.core import monitoring
-
-            monitoring.quantum_task_transition(self.r, device, to)
+            raise NotFound(f"no quantum task {task_id!r}")
         return bool(moved)
+
+    def end_with_result(self, store: ObjectStore, rec: dict[str, Any], text: str, to: str,
+                        **fields: Any) -> bool:
+        """Keep a result's JSON text (Redis when small, else storage), move the task from
+        RUNNING to `to` with `fields` and forget its circuits; a small result in the same
+        round trip as the move, stored before the move is published. True when it moved."""
+        size = len(text.encode())
+        inline = size <= d.QTASK_INLINE_BYTES
+        fields = {**fields, "result_in": "redis" if inline else "storage", "result_bytes": size}
+        if not inline:
+            store.put_bytes(keys.quantum_task_result(rec["user"], rec["id"]), text.encode())
+        moved = self._move(rec, to, [d.RUNNING], fields, result=text if inline else "",
+                           drop_circuits=True)
+        if rec.get("circuits_in") == "storage":
+            store.delete(keys.quantum_task_circuits(rec["user"], rec["id"]))
+        return moved
 
     def run_order(self, device: str) -> list[str]:
         """Task ids in the order device workers started them (the newest DEVICE_RUNS_KEPT)."""
@@ -153,11 +184,23 @@ class QuantumTasks:
         return {PRIORITY: int(high), NORMAL: int(normal)}
 
     # --- payloads and results ---------------------------------------------------------------
-    def circuits(self, store: ObjectStore, rec: dict[str, Any]) -> str:
-        """The task's QPY payload, from Redis or storage."""
+    def get_with_circuits(self, task_id: str) -> tuple[dict[str, Any], str | None]:
+        """The task record and its payload when kept in Redis, in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(d.QTASK_KEY.format(task_id=task_id))
+        pipe.get(d.QTASK_CIRCUITS_KEY.format(task_id=task_id))
+        rec, text = pipe.execute() if _is_id(task_id) else ({}, None)
+        if not rec:
+            raise NotFound(f"no quantum task {task_id!r}")
+        return _unflat(rec), text
+
+    def circuits(self, store: ObjectStore, rec: dict[str, Any],
+                 inline: str | None = None) -> str:
+        """The task's QPY payload, from Redis or storage (`inline`: as read with the record)."""
         if rec.get("circuits_in") == "storage":
             return store.get_bytes(keys.quantum_task_circuits(rec["user"], rec["id"])).decode()
-        text = self.r.get(d.QTASK_CIRCUITS_KEY.format(task_id=rec["id"]))
+        text = inline if inline is not None else self.r.get(
+            d.QTASK_CIRCUITS_KEY.format(task_id=rec["id"]))
         if text is None:
             raise NotFound(f"quantum task {rec['id']} has no circuits any more")
         return str(text)
@@ -168,17 +211,10 @@ class QuantumTasks:
         if rec.get("circuits_in") == "storage":
             store.delete(keys.quantum_task_circuits(rec["user"], rec["id"]))
 
-    def store_result(self, store: ObjectStore, rec: dict[str, Any], text: str) -> dict[str, Any]:
-        """Keep a result's JSON text (Redis when small, else storage); the fields to record."""
-        size = len(text.encode())
-        if size <= d.QTASK_INLINE_BYTES:
-            self.r.set(d.QTASK_RESULT_KEY.format(task_id=rec["id"]), text)
-            return {"result_in": "redis", "result_bytes": size}
-        store.put_bytes(keys.quantum_task_result(rec["user"], rec["id"]), text.encode())
-        return {"result_in": "storage", "result_bytes": size}
-
-    def result_text(self, store: ObjectStore, rec: dict[str, Any]) -> str | None:
-        """The result JSON text of an ended task; None while it is queued or running.
+    def result_text(self, store: ObjectStore, rec: dict[str, Any],
+                    inline: str | None = None) -> str | None:
+        """The result JSON text of an ended task; None while it is queued or running
+        (`inline`: the result kept in Redis, as read with the record).
 
         A task that failed before simulating raises its error; a canceled one, Conflict. A
         simulation that failed has a result (success false) that the client raises from.
@@ -193,7 +229,8 @@ class QuantumTasks:
         if where == "storage":
             return store.get_bytes(keys.quantum_task_result(rec["user"], rec["id"])).decode()
         if where == "redis":
-            text = self.r.get(d.QTASK_RESULT_KEY.format(task_id=rec["id"]))
+            text = inline if inline is not None else self.r.get(
+                d.QTASK_RESULT_KEY.format(task_id=rec["id"]))
             if text is not None:
                 return str(text)
         problem = rec.get("error") or {}
@@ -210,19 +247,38 @@ class QuantumTasks:
         finally:
             pubsub.close()
 
+    def _get_with_result(self, task_id: str,
+                         user: str | None) -> tuple[dict[str, Any], str | None]:
+        """The task record and its result when kept in Redis, in one round trip."""
+        if not _is_id(task_id):
+            raise NotFound(f"no quantum task {task_id!r}")
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(d.QTASK_KEY.format(task_id=task_id))
+        pipe.get(d.QTASK_RESULT_KEY.format(task_id=task_id))
+        rec, text = pipe.execute()
+        if not rec or (user is not None and rec.get("user") != user):
+            raise NotFound(f"no quantum task {task_id!r}")
+        return _unflat(rec), text
+
     def wait_for(self, task_id: str, user: str | None, timeout: float) -> dict[str, Any]:
         """Block until the task ended or `timeout` passes; the task record."""
-        rec = self.get(task_id, user)
-        if rec["status"] in d.TERMINAL_STATUSES or timeout <= 0:
-            return rec
-        deadline = time.monotonic() + timeout
-        with self.subscription(task_id) as pubsub:
-            while True:
-                rec = self.get(task_id, user)
-                remaining = deadline - time.monotonic()
-                if rec["status"] in d.TERMINAL_STATUSES or remaining <= 0:
-                    return rec
-                pubsub.get_message(timeout=min(remaining, 5.0))
+        return self.wait_for_result(store=None, task_id=task_id, user=user, timeout=timeout)[0]
+
+    def wait_for_result(self, store: ObjectStore | None, task_id: str, user: str | None,
+                        timeout: float) -> tuple[dict[str, Any], str | None]:
+        """Block until the task ended or `timeout` passes; the task record and, with `store`,
+        its result text as `result_text` gives it (None while it has not ended)."""
+        rec, inline = self._get_with_result(task_id, user)
+        if rec["status"] not in d.TERMINAL_STATUSES and timeout > 0:
+            deadline = time.monotonic() + timeout
+            with self.subscription(task_id) as pubsub:
+                while True:
+                    rec, inline = self._get_with_result(task_id, user)
+                    remaining = deadline - time.monotonic()
+                    if rec["status"] in d.TERMINAL_STATUSES or remaining <= 0:
+                        break
+                    pubsub.get_message(timeout=min(remaining, 5.0))
+        return rec, None if store is None else self.result_text(store, rec, inline)
 
     # --- cancel ------------------------------------------------------------------------------
     def cancel(self, store: ObjectStore, task_id: str, user: str | None) -> dict[str, Any]:
@@ -361,6 +417,7 @@ def submit(r: Any, store: ObjectStore, celery: Celery, settings: Settings, *, us
     try:
         celery.send_task(RUN_QUANTUM_TASK, args=[task_id], queue=device_queue(spec.name),
                          task_id=task_id,   # so that a cancel can stop it (stop_running)
+                         ignore_result=True,  # no result-backend subscription per task
                          priority=HOLDER_PRIORITY if priority == PRIORITY else STANDALONE_PRIORITY)
     except Exception as exc:
         tasks.transition(record, d.ERROR, [d.QUEUED], ended=time.time(),
@@ -368,7 +425,8 @@ def submit(r: Any, store: ObjectStore, celery: Celery, settings: Settings, *, us
         raise ServiceUnavailable(f"could not queue the quantum task: {exc}") from exc
     if job_id and r.hget(d.JOB_KEY.format(job_id=job_id), "status") in d.TERMINAL_STATUSES:
         tasks.cancel_queued_for_job(store, job_id)  # the job ended while this was submitted
-    return tasks.get(task_id)
+        return tasks.get(task_id)
+    return _unflat(flat_record(record))   # as recorded: no second read
 
 
 # --- what a job's user code may ask its supervisor ------------------------------------------
@@ -424,8 +482,7 @@ def device_ops(registry: Registry, store: Callable[[], ObjectStore], settings: C
     def qtask_result(task_id: str, timeout: float | None = None) -> dict[str, Any]:
         wait = d.CHANNEL_RESULT_WAIT_S if timeout is None else min(float(timeout),
                                                                    d.CHANNEL_RESULT_WAIT_S)
-        rec = tasks.wait_for(task_id, user, max(0.0, wait))
-        text = tasks.result_text(store(), rec)
+        rec, text = tasks.wait_for_result(store(), task_id, user, max(0.0, wait))
         return {"done": False} if text is None else {"done": True, "result": json.loads(text)}
 
     def qtask_cancel(task_id: str) -> str:

@@ -47,7 +47,7 @@ def run_quantum_task(task_id: str) -> None:
     services = from_env()
     tasks = QuantumTasks(services.registry.r)
     try:
-        rec = tasks.get(task_id)
+        rec, inline = tasks.get_with_circuits(task_id)
     except QhybridError:
         return
     if not tasks.transition(rec, d.RUNNING, [d.QUEUED], started=time.time(),
@@ -58,12 +58,18 @@ def run_quantum_task(task_id: str) -> None:
     timing: dict[str, float] = {}
     try:
         spec = device_registry(services.settings).get(rec["device"])
-        payload = tasks.circuits(services.store, rec)
+        payload = tasks.circuits(services.store, rec, inline)
         data = run_task(spec, payload, rec["options"], device_threads(services.settings),
                         checked=bool(rec.get("checked")), timing=timing)
         text = _dumps(data)
-        fields = tasks.store_result(services.store, rec, text)
-        fields["qpu_seconds"] = round(timing.get("simulate_s", 0.0), 6)
+        qpu = {"qpu_seconds": round(timing.get("simulate_s", 0.0), 6)}
+        if data.get("success"):
+            moved = tasks.end_with_result(services.store, rec, text, d.DONE,
+                                             ended=time.time(), **qpu)
+        else:
+            moved = tasks.end_with_result(
+                services.store, rec, text, d.ERROR, ended=time.time(), **qpu,
+                error=TaskFailed(failure_message(data)).to_problem())
     except Exception as exc:
         error = exc if isinstance(exc, QhybridError) else QhybridError(
             f"{type(exc).__name__}: {exc}")
@@ -71,17 +77,11 @@ def run_quantum_task(task_id: str) -> None:
                          error=error.to_problem())
         tasks.drop_circuits(services.store, rec)
         return
-    if data.get("success"):
-        moved = tasks.transition(rec, d.DONE, [d.RUNNING], ended=time.time(), **fields)
-    else:
-        moved = tasks.transition(rec, d.ERROR, [d.RUNNING], ended=time.time(), **fields,
-                                 error=TaskFailed(failure_message(data)).to_problem())
     if moved and rec.get("job_id"):
         from tasks.core.usage import QPU_TIME, add_usage
 
         add_usage(services.registry.r, rec["job_id"], rec.get("stage") or d.RUNNING, QPU_TIME,
-                  float(fields["qpu_seconds"]))
-    tasks.drop_circuits(services.store, rec)
+                  float(qpu["qpu_seconds"]))
 
 
 def _dumps(data: dict[str, Any]) -> str:
