@@ -53,6 +53,8 @@ def aer_operations(method: str, device: str = "CPU") -> tuple[tuple[str, str | N
 
 def _restore(circuit: QuantumCircuit) -> None:
     for instruction in circuit.data:
+        if instruction.is_standard_gate():   # .operation would build a gate object to drop
+            continue
         op = instruction.operation
         if type(op) is Instruction and op.name.startswith("save_"):
             label, mark, subtype = (op.label or "").rpartition(SUBTYPE_MARK)

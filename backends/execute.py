@@ -102,9 +102,12 @@ def device_target(spec: DeviceSpec) -> Target:
 
 def _operations(circuit: QuantumCircuit) -> Iterator[tuple[str, list[int]]]:
     """(name, qubit indices) of every operation, inside control-flow blocks too."""
+    index = {qubit: i for i, qubit in enumerate(circuit.qubits)}
     for instruction in circuit.data:
-        qubits = [circuit.find_bit(qubit).index for qubit in instruction.qubits]
-        yield instruction.operation.name, qubits
+        qubits = [index[qubit] for qubit in instruction.qubits]
+        yield instruction.name, qubits
+        if instruction.is_standard_gate():   # no blocks; .operation would build the gate
+            continue
         for block in getattr(instruction.operation, "blocks", ()):
             for name, inner in _operations(block):
                 yield name, [qubits[i] for i in inner]

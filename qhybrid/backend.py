@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from qiskit.circuit import (
     BreakLoopOp,
+    CircuitInstruction,
     ContinueLoopOp,
     ForLoopOp,
     IfElseOp,
@@ -255,24 +256,42 @@ def failure_message(data: Mapping[str, Any]) -> str:
 # options
 
 
+def _blocks(instruction: CircuitInstruction) -> tuple[QuantumCircuit, ...]:
+    """The circuit blocks of a control-flow instruction; () for any other (without building
+    a standard gate's Python object)."""
+    if instruction.is_standard_gate():
+        return ()
+    return tuple(getattr(instruction.operation, "blocks", ()))
+
+
 def _unsupported(target: Target, circuit: QuantumCircuit,
-                 qubit_map: Sequence[int] | None = None) -> str | None:
-    """Why the target cannot run the circuit as it stands, or None if it can."""
+                 qubit_map: Sequence[int] | None = None,
+                 supported: set[tuple[str, tuple[int, ...]]] | None = None) -> str | None:
+    """Why the target cannot run the circuit as it stands, or None if it can.
+
+    `supported` remembers the (name, qubits) pairs already found supported (the Target's
+    answer depends on nothing else), so that a repeated gate is looked up once.
+    """
+    if supported is None:
+        supported = set()
+    index = {qubit: i for i, qubit in enumerate(circuit.qubits)}
     for instruction in circuit.data:
-        operation = instruction.operation
-        qubits = tuple(circuit.find_bit(qubit).index for qubit in instruction.qubits)
+        name = instruction.name    # not .operation: that builds a Python gate object per call
+        if name == "barrier":
+            continue
+        qubits = tuple(index[qubit] for qubit in instruction.qubits)
         if qubit_map is not None:
             qubits = tuple(qubit_map[q] for q in qubits)
-        if operation.name == "barrier":
-            continue
-        if not target.instruction_supported(operation.name, qubits):
-            hint = ""
-            if operation.name.startswith(("save_", "set_")):
-                hint = " (an Aer instruction: run it on an aer device)"
-            where = f" on qubits {list(qubits)}" if operation.name in target else ""
-            return f"{operation.name!r}{where} is not supported{hint}"
-        for block in getattr(operation, "blocks", ()):
-            reason = _unsupported(target, block, qubits)
+        if (name, qubits) not in supported:
+            if not target.instruction_supported(name, qubits):
+                hint = ""
+                if name.startswith(("save_", "set_")):
+                    hint = " (an Aer instruction: run it on an aer device)"
+                where = f" on qubits {list(qubits)}" if name in target else ""
+                return f"{name!r}{where} is not supported{hint}"
+            supported.add((name, qubits))
+        for block in _blocks(instruction):
+            reason = _unsupported(target, block, qubits, supported)
             if reason:
                 return reason
     return None
@@ -280,6 +299,7 @@ def _unsupported(target: Target, circuit: QuantumCircuit,
 
 def check_fits(target: Target, device: str, circuits: Sequence[QuantumCircuit]) -> None:
     """Refuse circuits wider than the device or using what its Target lacks (not transpiled)."""
+    supported: set[tuple[str, tuple[int, ...]]] = set()
     for i, circuit in enumerate(circuits):
         if circuit.num_qubits > (target.num_qubits or 0):
             raise InvalidInput(
@@ -293,7 +313,7 @@ def check_fits(target: Target, device: str, circuits: Sequence[QuantumCircuit]) 
                 f"circuit {circuit.name!r} has unbound parameters ({names}); assign them first",
                 field=f"circuits[{i}]",
             )
-        reason = _unsupported(target, circuit)
+        reason = _unsupported(target, circuit, supported=supported)
         if reason:
             raise InvalidInput(
                 f"circuit {circuit.name!r} cannot run on device {device}: {reason}; "
@@ -321,8 +341,8 @@ def _mark_subtypes(circuit: QuantumCircuit) -> QuantumCircuit:
 
 def _has_saves(circuit: QuantumCircuit) -> bool:
     for instruction in circuit.data:
-        op = instruction.operation
-        if op.name.startswith("save_") or any(_has_saves(b) for b in getattr(op, "blocks", ())):
+        if instruction.name.startswith("save_") or any(
+                _has_saves(b) for b in _blocks(instruction)):
             return True
     return False
 
