@@ -19,9 +19,13 @@ from qhybrid.codec import encode
 
 __all__ = ["result_from_json", "result_to_json"]
 
+_SCALARS = (str, int, float, bool)   # exactly these types pass through as they are
+
 
 def _plain(value: Any) -> Any:
     """Replace qiskit objects aer may put in a result by data `qhybrid.codec.encode` takes."""
+    if value is None or type(value) in _SCALARS:
+        return value
     if isinstance(value, dict):
         return {str(key): _plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):

@@ -105,6 +105,14 @@ def _key_path(path: str, key: Any) -> str:
     return f"{path}[{key!r}]"
 
 
+def _plain_item(value: Any) -> bool:
+    """True for a value that encodes and decodes as itself: None, str, bool, int, finite float
+    (exactly those types, not subclasses)."""
+    kind = type(value)
+    return (value is None or kind is str or kind is bool or kind is int
+            or (kind is float and math.isfinite(value)))
+
+
 def _envelope(name: str, value: Any) -> dict[str, Any]:
     return {TYPE_KEY: name, VALUE_KEY: value}
 
@@ -192,7 +200,9 @@ class _Encoder:
 
     def _dict(self, obj: dict[Any, Any], path: str) -> Any:
         if TYPE_KEY not in obj and all(type(key) is str for key in obj):
-            return {key: self.encode(value, _key_path(path, key)) for key, value in obj.items()}
+            # plain JSON items as they are, without building their path (results hold many)
+            return {key: value if _plain_item(value) else
+                    self.encode(value, _key_path(path, key)) for key, value in obj.items()}
         pairs = [
             [self.encode(key, f"{path}.keys()[{i}]"), self.encode(value, _key_path(path, key))]
             for i, (key, value) in enumerate(obj.items())
@@ -287,7 +297,8 @@ def decode(data: Any, *, path: str = "value") -> Any:
     if isinstance(data, dict):
         if TYPE_KEY in data:
             return _decode_envelope(data, path)
-        return {key: decode(value, path=_key_path(path, key)) for key, value in data.items()}
+        return {key: value if _plain_item(value) else decode(value, path=_key_path(path, key))
+                for key, value in data.items()}
     raise InvalidInput(
         f"{path}: cannot decode object of type {type(data).__name__}; expected JSON data",
         field=path,
