@@ -18,8 +18,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
@@ -50,11 +49,11 @@ NORMAL = "normal"
 
 _TRANSITION = """
 -- KEYS: task, queued (priority), queued (normal), running set, device runs, monitor counts,
---       result, circuits
--- ARGV: to, allowed (csv), now, runs kept, changed channel, monitor field, result text
+--       result, circuits, ended
+-- ARGV: to, allowed (csv), now, runs kept, ended TTL, monitor field, result text
 --       ("": none), "1" to drop the circuits, then field/value pairs.
--- A move is counted for /metrics and published on the task's channel in the same call, after
--- its result (if any) is stored.
+-- A move is counted for /metrics in the same call; a move to an end status also stores the
+-- result (if any) and then pushes the status on the task's ended list, which wakes waiters.
 if ARGV[8] == '1' then redis.call('DEL', KEYS[8]) end
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return -1 end
@@ -77,7 +76,10 @@ else
 end
 if ARGV[7] ~= '' then redis.call('SET', KEYS[7], ARGV[7]) end
 redis.pcall('HINCRBY', KEYS[6], ARGV[6], 1)   -- counting never fails a move
-redis.call('PUBLISH', ARGV[5], ARGV[1])
+if ARGV[1] == 'DONE' or ARGV[1] == 'ERROR' or ARGV[1] == 'CANCELED' then
+  redis.call('RPUSH', KEYS[9], ARGV[1])
+  redis.call('EXPIRE', KEYS[9], ARGV[5])
+end
 return 1
 """
 
@@ -130,7 +132,8 @@ class QuantumTasks:
 
     def transition(self, rec: dict[str, Any], to: str, allowed: Iterable[str],
                    **fields: Any) -> bool:
-        """Move the task to `to` if it stands in `allowed`; True when it moved (and published)."""
+        """Move the task to `to` if it stands in `allowed`; True when it moved (and waiters
+        for its end were woken, if `to` ends it)."""
         return self._move(rec, to, allowed, fields)
 
     def _move(self, rec: dict[str, Any], to: str, allowed: Iterable[str],
@@ -145,9 +148,10 @@ class QuantumTasks:
                  d.DEVICE_QUEUED_KEY.format(device=device, priority=NORMAL),
                  d.RUNNING_QTASKS_KEY, d.DEVICE_RUNS_KEY.format(device=device), QTASKS_KEY,
                  d.QTASK_RESULT_KEY.format(task_id=task_id),
-                 d.QTASK_CIRCUITS_KEY.format(task_id=task_id)]
+                 d.QTASK_CIRCUITS_KEY.format(task_id=task_id),
+                 d.QTASK_ENDED_KEY.format(task_id=task_id)]
         args: list[Any] = [to, ",".join(allowed), time.time(), d.DEVICE_RUNS_KEPT,
-                           d.QTASK_CHANGED_CHANNEL.format(task_id=task_id), f"{device}|{to}",
+                           d.QTASK_ENDED_TTL_S, f"{device}|{to}",
                            result, "1" if drop_circuits else ""]
         for key, value in flat_record(fields).items():
             args += [key, value]
@@ -238,15 +242,6 @@ class QuantumTasks:
             raise error_from_problem(problem, int(problem.get("status") or 500))
         raise TaskFailed(f"quantum task {rec['id']} ended {status} without a result")
 
-    @contextmanager
-    def subscription(self, task_id: str) -> Iterator[Any]:
-        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(d.QTASK_CHANGED_CHANNEL.format(task_id=task_id))
-        try:
-            yield pubsub
-        finally:
-            pubsub.close()
-
     def _get_with_result(self, task_id: str,
                          user: str | None) -> tuple[dict[str, Any], str | None]:
         """The task record and its result when kept in Redis, in one round trip."""
@@ -269,15 +264,16 @@ class QuantumTasks:
         """Block until the task ended or `timeout` passes; the task record and, with `store`,
         its result text as `result_text` gives it (None while it has not ended)."""
         rec, inline = self._get_with_result(task_id, user)
-        if rec["status"] not in d.TERMINAL_STATUSES and timeout > 0:
-            deadline = time.monotonic() + timeout
-            with self.subscription(task_id) as pubsub:
-                while True:
-                    rec, inline = self._get_with_result(task_id, user)
-                    remaining = deadline - time.monotonic()
-                    if rec["status"] in d.TERMINAL_STATUSES or remaining <= 0:
-                        break
-                    pubsub.get_message(timeout=min(remaining, 5.0))
+        deadline = time.monotonic() + timeout
+        ended = d.QTASK_ENDED_KEY.format(task_id=task_id)
+        while rec["status"] not in d.TERMINAL_STATUSES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            # a blocking wait on a pooled connection: moving the ended list's one item onto
+            # itself leaves it there for every other waiter (no subscription to set up)
+            self.r.brpoplpush(ended, ended, max(0.01, min(remaining, 5.0)))
+            rec, inline = self._get_with_result(task_id, user)
         return rec, None if store is None else self.result_text(store, rec, inline)
 
     # --- cancel ------------------------------------------------------------------------------
