@@ -7,8 +7,10 @@ ERROR, CANCELED). Three paths are shared with our own API (`/programs`, `/files`
 `/files/<name>`); a request that carries the client's `Service-Channel` or `Service-CRN`
 header there is answered in its shape, every other one as before.
 
-Errors keep the problem+json shape, with every value a string: the client concatenates the
-values and its error formatter fails on other types.
+Errors are the gateway's body, `{"message": "..."}` (sent as application/problem+json, whose
+members are all optional): the client joins every value of an error body into the text it
+raises, so one member reads as the gateway's own messages do ("Qiskit Function x doesn't
+exist.", "Job [id] not found", "Uploaded file is not a valid type. ...").
 
 Besides a user's token, the in-job calls of the `qiskit_serverless` package (sub_status,
 event, runtime_jobs, files) accept the job-scoped token of `tasks.jobs.tokens`.
@@ -31,8 +33,15 @@ from werkzeug.exceptions import HTTPException
 from app import jobs
 from app.auth import services
 from app.params import iso
-from qhybrid.errors import Forbidden, InvalidInput, NotFound, QhybridError, Unauthorized
-from qhybrid.files import check_name
+from qhybrid.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    QhybridError,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from qhybrid.files import ACCEPTED, check_name
 from storage import keys
 from tasks.core import defaults as d
 from tasks.files.data_files import DataFiles
@@ -57,10 +66,10 @@ def is_peer_request() -> bool:
 
 
 # --- errors and auth ----------------------------------------------------------------------
-def peer_problem(status: int, title: str, detail: str) -> Response:
-    body = {"type": f"https://qhybrid.dev/problems/{title.lower().replace(' ', '-')}",
-            "title": title, "status": str(status), "detail": detail}
-    return Response(json.dumps(body), status=status, mimetype="application/problem+json")
+def peer_problem(status: int, message: str) -> Response:
+    """The gateway's error body: one `message` (the HTTP status says the kind)."""
+    return Response(json.dumps({"message": message}), status=status,
+                    mimetype="application/problem+json")
 
 
 def _answer_errors(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -69,11 +78,9 @@ def _answer_errors(view: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return view(*args, **kwargs)
         except QhybridError as exc:
-            prob = exc.to_problem()
-            return peer_problem(exc.status, str(prob.get("title") or "Error"),
-                                str(prob.get("detail") or exc))
+            return peer_problem(exc.status, str(exc.to_problem().get("detail") or exc))
         except HTTPException as exc:
-            return peer_problem(exc.code or 500, exc.name or "Error", exc.description or "")
+            return peer_problem(exc.code or 500, exc.description or exc.name or "Error")
 
     return wrapped
 
@@ -139,6 +146,15 @@ def _form_json(name: str, default: Any, kind: type) -> Any:
     return value
 
 
+def _function(title: str, provider: str | None = None) -> dict[str, Any]:
+    """The user's function `title`, or 404 in the gateway's words."""
+    try:
+        return services().registry.get_program(g.user, title)
+    except NotFound:
+        name = f"{provider}/{title}" if provider else title
+        raise NotFound(f"Qiskit Function {name} doesn't exist.", field="title") from None
+
+
 @bp.get("/programs/")
 @peer_auth("functions")
 def list_functions() -> Response:
@@ -154,7 +170,8 @@ def list_functions() -> Response:
 @bp.get("/programs/get_by_title/<title>")
 @peer_auth()
 def function_by_title(title: str) -> Response:
-    return _json(function_json(services().registry.get_program(g.user, jobs.check_title(title))))
+    return _json(function_json(_function(jobs.check_title(title),
+                                          request.args.get("provider") or None)))
 
 
 @bp.post("/programs/upload/")
@@ -228,11 +245,13 @@ def _peer_arguments(program: dict[str, Any], text: Any) -> str:
     return text
 
 
-def _title_of(body: dict[str, Any]) -> str:
-    title = body.get("title")
+def _function_of(body: dict[str, Any]) -> dict[str, Any]:
+    """The function a run or validate_arguments body names (`title`, `provider/title`)."""
+    title, provider = body.get("title"), body.get("provider")
     if isinstance(title, str) and "/" in title:
-        title = title.split("/", 1)[1]
-    return jobs.check_title(title if isinstance(title, str) else "")
+        provider, title = title.split("/", 1)
+    title = jobs.check_title(title if isinstance(title, str) else "")
+    return _function(title, provider if isinstance(provider, str) and provider else None)
 
 
 @bp.post("/programs/validate_arguments/")
@@ -241,8 +260,7 @@ def validate_arguments() -> Response:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise InvalidInput("send a JSON object with title and arguments", field="body")
-    program = services().registry.get_program(g.user, _title_of(body))
-    _peer_arguments(program, body.get("arguments"))
+    _peer_arguments(_function_of(body), body.get("arguments"))
     return _json({"valid": True})
 
 
@@ -253,11 +271,10 @@ def run_function() -> Response:
     if not isinstance(body, dict):
         raise InvalidInput("send a JSON object with title, arguments and config", field="body")
     svc = services()
-    title = _title_of(body)
-    program = svc.registry.get_program(g.user, title)
+    program = _function_of(body)
     text = _peer_arguments(program, body.get("arguments"))
-    job = jobs.run_program(svc, current_app.extensions["qhybrid.celery"], g.user, title, {},
-                           peer_arguments=text)
+    job = jobs.run_program(svc, current_app.extensions["qhybrid.celery"], g.user,
+                           program["title"], {}, peer_arguments=text)
     out = job_json(job)
     out.update(result=None, arguments=text)
     return _json(out)
@@ -297,7 +314,10 @@ def list_provider_jobs() -> Response:
 
 
 def _job(job_id: str) -> dict[str, Any]:
-    return services().registry.get_job(job_id, g.user)
+    try:
+        return services().registry.get_job(job_id, g.user)
+    except NotFound:
+        raise NotFound(f"Job [{job_id}] not found", field="job_id") from None
 
 
 @bp.get("/jobs/<job_id>/")
@@ -327,22 +347,49 @@ def job_result(job_id: str) -> Response:
     return _json({"result": text})
 
 
-def _logs(job_id: str) -> Response:
-    text, _ = jobs.read_logs(services(), _job(job_id), 0)
-    return _json({"logs": text})
+_PUBLIC, _PRIVATE = "[PUBLIC] ", "[PRIVATE] "
+
+
+def split_logs(text: str, provider: bool) -> tuple[str, str]:
+    """The log as the gateway parts it: (the user's, the provider's), line prefixes dropped.
+
+    A job of a function without a provider: every line is the user's. With one: the
+    `get_logger()` lines ([PUBLIC]) are the user's, every other line the provider's.
+    """
+    public: list[str] = []
+    private: list[str] = []
+    for line in text.splitlines(keepends=True):
+        head = line[:len(_PRIVATE)].upper()
+        if head.startswith(_PUBLIC):
+            public.append(line[len(_PUBLIC):])
+        elif head.startswith(_PRIVATE):
+            (private if provider else public).append(line[len(_PRIVATE):])
+        else:
+            (private if provider else public).append(line)
+    return "".join(public), "".join(private)
+
+
+def _logs(job_id: str, provider_side: bool) -> Response:
+    job = _job(job_id)
+    provider = bool(job.get("provider"))
+    if provider_side and not provider:
+        raise Forbidden(f"You don't have access to job [{job_id}]")
+    text, _ = jobs.read_logs(services(), job, 0)
+    public, private = split_logs(text, provider)
+    return _json({"logs": private if provider_side else public})
 
 
 @bp.get("/jobs/<job_id>/logs/")
 @peer_auth("job")
 def job_logs(job_id: str) -> Response:
-    return _logs(job_id)
+    return _logs(job_id, provider_side=False)
 
 
 @bp.get("/jobs/<job_id>/provider-logs/")
 @peer_auth("job")
 def job_provider_logs(job_id: str) -> Response:
-    """The whole log: a function's user is its own provider on qhybrid."""
-    return _logs(job_id)
+    """The provider's part of the log; a function's user is its own provider on qhybrid."""
+    return _logs(job_id, provider_side=True)
 
 
 @bp.post("/jobs/<job_id>/stop/")
@@ -373,7 +420,7 @@ def job_events(job_id: str) -> Response:
     job = _job(job_id)
     kind = (request.args.get("type") or "").upper() or None
     if kind not in (None, "ERROR"):
-        raise InvalidInput("type is ERROR or absent", field="type")
+        raise InvalidInput("Type is not valid. Valid types: ['ERROR']", field="type")
     errors = [json.loads(e) for e in services().registry.r.lrange(
         d.JOB_PEER_EVENTS_KEY.format(job_id=job_id), 0, -1)]
     events = errors if kind == "ERROR" else sorted(_status_events(job) + errors,
@@ -388,8 +435,8 @@ def create_event(job_id: str) -> Response:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise InvalidInput("send a JSON object with type, code, message and exception", field="body")
-    if str(body.get("type", "")).upper() != "ERROR":
-        raise InvalidInput("type must be ERROR", field="type")
+    if str(body.get("type", "")).strip().upper() != "ERROR":
+        raise InvalidInput("Type is not valid. Valid types: ['ERROR']", field="type")
     record_error_event(services().registry, job["id"], body.get("code"), body.get("message"),
                        body.get("exception"), body.get("args"))
     return _json(None)
@@ -463,6 +510,7 @@ def _store_of(provider_route: bool) -> str | None:
         if not function:
             raise InvalidInput("function names the function whose files are meant",
                                field="function")
+        _function(jobs.check_title(function, field="function"), provider)
         return function
     return None
 
@@ -475,22 +523,35 @@ def _list_files(provider_route: bool) -> Response:
 def _download(provider_route: bool) -> Any:
     from app.files import file_response
 
-    name = check_name(request.args.get("file") or "")
-    return file_response(_files(), g.user, name, _store_of(provider_route))
+    name = check_name(request.args.get("file") or "", field="file")
+    store = _store_of(provider_route)
+    try:
+        return file_response(_files(), g.user, name, store)
+    except NotFound:
+        raise NotFound(f"File {name} was not found.", field="file") from None
 
 
 def _upload(provider_route: bool) -> Response:
     upload = request.files.get("file")
     if upload is None:
         raise InvalidInput("attach the file as 'file'", field="file")
-    name = check_name(upload.filename or "")
-    info, _ = _files().put(g.user, name, upload.stream, _store_of(provider_route))
+    name = check_name(upload.filename or "", field="file")
+    store = _store_of(provider_route)
+    try:
+        info, _ = _files().put(g.user, name, upload.stream, store)
+    except UnsupportedMediaType:   # the gateway answers a refused type with 400
+        raise InvalidInput(f"Uploaded file is not a valid type. qhybrid keeps {ACCEPTED} "
+                           "(recognised by content, not by name).", field="file") from None
     return _json({"message": info.name})
 
 
 def _delete(provider_route: bool) -> Response:
-    name = check_name(request.args.get("file") or "")
-    _files().delete(g.user, name, _store_of(provider_route))
+    name = check_name(request.args.get("file") or "", field="file")
+    store = _store_of(provider_route)
+    try:
+        _files().delete(g.user, name, store)
+    except NotFound:
+        raise NotFound(f"File {name} was not found.", field="file") from None
     return _json({"message": "Requested file was deleted."})
 
 

@@ -121,7 +121,7 @@ out["seen"] = result["seen"]
 out["token_is_job_scoped"] = result["token_is_job_scoped"]
 out["logs"] = job.logs()
 out["filtered"] = job.filtered_logs(include="greeting")
-out["provider_logs"] = job.provider_logs()
+out["provider_logs"] = err(job.provider_logs)
 out["events"] = [(e.event_type, e.data.get("status"), e.data.get("sub_status"))
                  for e in job.events()]
 out["runtime_jobs"] = job.runtime_jobs()
@@ -168,11 +168,88 @@ print(json.dumps(out))
 '''
 
 
+LOGGING = '''
+from qiskit_serverless import get_logger, get_provider_logger, save_result
+
+get_logger().info("User log")
+get_logger().warning("User multiline\\nlog")
+print("plain print")
+get_provider_logger().info("Provider log")
+save_result({"logged": True})
+'''
+
+# A provider's function body, as the gateway's default entrypoint runs it: the error it sends
+# carries a traceback's message, which ends with a newline.
+RUNNER = '''
+import traceback
+from qiskit_serverless import send_error
+
+try:
+    raise ValueError("This is not a ServerlessError")
+except Exception as e:
+    send_error(1, "\\n".join(traceback.format_exception_only(e)), type(e).__name__, None)
+    raise
+'''
+
+# What the client raises and reads where the gateway's answers have fixed words.
+CONTRACT = r'''
+import os, time
+from qiskit_serverless import QiskitFunction, ServerlessClient
+from qiskit_serverless.exception import QiskitServerlessException
+
+def err(fn):
+    try:
+        fn()
+    except QiskitServerlessException as exc:
+        return str(exc)
+    return None
+
+client = ServerlessClient(host=P["host"], token=P["token"], instance="an_awesome_crn",
+                          channel="ibm_quantum_platform")
+own = client.upload(QiskitFunction(title="logging", entrypoint="logging_fn.py",
+                                   working_dir=P["src"]))
+client.upload(QiskitFunction(title="provided", provider="prov", entrypoint="logging_fn.py",
+                             working_dir=P["src"]))
+provided = client.function("prov/provided")
+runner = client.upload(QiskitFunction(title="runner", entrypoint="runner.py",
+                                      working_dir=P["src"]))
+out = {}
+job = own.run()
+job.result(wait=True, cadence=0.1)
+out["job_id"] = job.job_id
+out["logs"] = job.logs()
+out["provider_logs"] = err(job.provider_logs)
+pjob = provided.run()
+pjob.result(wait=True, cadence=0.1)
+out["p_logs"] = pjob.logs()
+out["p_provider_logs"] = pjob.provider_logs()
+
+out["missing"] = err(lambda: client.function("wrong-title"))
+out["missing_provided"] = err(lambda: client.function("prov/wrong-title"))
+out["bad_event_type"] = err(lambda: job.events(type="NotValidJobEventType"))
+
+failed = runner.run()
+out["failed"] = err(lambda: failed.result(wait=True, cadence=0.1))
+out["error_message"] = failed.error_message()
+out["event"] = failed.events(type="ERROR")[0].data
+
+png = os.path.join(P["tmp"], "picture.png")
+with open(png, "wb") as fh:
+    fh.write(b"\x89PNG\r\n\x1a\n" + bytes(2048))
+out["bad_upload"] = err(lambda: client.file_upload(png, own))
+out["bad_provider_upload"] = err(lambda: client.provider_file_upload(png, provided))
+out["missing_delete"] = err(lambda: client.file_delete("absent.tar", own))
+print(json.dumps(out))
+'''
+
+
 def _sources(directory: Path) -> Path:
     directory.mkdir()
     (directory / "pattern.py").write_text(PATTERN)
     (directory / "failing.py").write_text(FAILING)
     (directory / "sleeping.py").write_text(SLEEPING)
+    (directory / "logging_fn.py").write_text(LOGGING)
+    (directory / "runner.py").write_text(RUNNER)
     return directory
 
 
@@ -197,7 +274,7 @@ def test_real_client_every_call(service: RunningService, client_python: tuple[st
     assert seen["uploaded"] == ["pattern", "pattern.py", "a pattern"]
     assert seen["functions"] == ["failing", "pattern", "shared", "sleeping"]
     assert seen["function"][0] == "pattern" and seen["function"][1]["required"] == ["shots"]
-    assert "no program 'nope'" in seen["missing_function"]
+    assert seen["missing_function"].endswith("| Details: Qiskit Function nope doesn't exist.")
     assert seen["valid"] == {"valid": True}
     assert "arguments_schema" in seen["invalid"] and "shots" in seen["invalid"]
     assert "arguments_schema" in seen["run_invalid"]
@@ -208,9 +285,10 @@ def test_real_client_every_call(service: RunningService, client_python: tuple[st
     assert seen["circuit_back"] == "QuantumCircuit"
     assert seen["seen"] == ["input.tar"]          # DATA_PATH holds the user's files
     assert seen["token_is_job_scoped"] is True
-    assert "greeting: hello" in seen["logs"] and "[PUBLIC] INFO: mapping 64 shots" in seen["logs"]
+    assert seen["logs"] == "INFO: mapping 64 shots\ngreeting: hello\n"
     assert seen["filtered"].strip() == "greeting: hello"
-    assert "greeting: hello" in seen["provider_logs"]
+    # a function without a provider has no provider logs (its user reads the whole log)
+    assert f"You don't have access to job [{seen['job_id']}]" in seen["provider_logs"]
     statuses = [e[1] for e in seen["events"]]
     assert statuses[0] == "QUEUED" and statuses[-1] == "SUCCEEDED"
     assert ("SUB_STATUS_CHANGE", "RUNNING", "MAPPING") in [tuple(e) for e in seen["events"]]
@@ -237,8 +315,46 @@ def test_real_client_every_call(service: RunningService, client_python: tuple[st
     assert seen["stop"] == "Job has been stopped."
     assert seen["slow_final"] == "CANCELED" and seen["stopped_jobs"] is True
     assert seen["deps"] and seen["deps"][0].startswith("qiskit==2.")
-    assert "no job" in seen["unknown_job"]
+    assert seen["unknown_job"].endswith(f"| Details: Job [{'0' * 32}] not found")
     assert version in ("0.37.0", "0.35.0")
+
+
+def test_real_client_reads_the_gateways_words(service: RunningService,
+                                              client_python: tuple[str, Path],
+                                              tmp_path: Path) -> None:
+    # given a qhybrid user, and the real client of one version in its own environment
+    _, python = client_python
+    _, token = service.new_user()
+
+    # when it reads logs, meets missing things, a failed job and a refused file
+    seen: dict[str, Any] = run_client(python, CONTRACT, host=service.url, token=token,
+                                      src=str(_sources(tmp_path / "src")), tmp=str(tmp_path))
+
+    # then logs are parted as the gateway parts them, with the line prefixes dropped:
+    # a function without a provider shows its user every line, and has no provider logs
+    assert seen["logs"] == ("INFO: User log\nWARNING: User multiline\nWARNING: log\n"
+                            "plain print\nINFO: Provider log\n")
+    assert seen["provider_logs"].strip().endswith(
+        f"| Code: 403\n| Details: You don't have access to job [{seen['job_id']}]")
+    # a provider's function shows its user the get_logger() lines, the provider the rest
+    assert seen["p_logs"] == "INFO: User log\nWARNING: User multiline\nWARNING: log\n"
+    assert seen["p_provider_logs"] == "plain print\nINFO: Provider log\n"
+    # and errors read in the gateway's words
+    assert seen["missing"] == ("\n| Message: Http bad request.\n| Code: 404\n"
+                               "| Details: Qiskit Function wrong-title doesn't exist.")
+    assert seen["missing_provided"].endswith("| Details: Qiskit Function prov/wrong-title "
+                                             "doesn't exist.")
+    assert "| Code: 400\n| Details: Type is not valid. Valid types: ['ERROR']" \
+        in seen["bad_event_type"]
+    # an error sent with a traceback's message is kept trimmed, as the gateway keeps it
+    expected = ("\n| Message: ValueError: This is not a ServerlessError\n| Code: 1\n"
+                "| Exception: ValueError")
+    assert seen["failed"] == expected and seen["error_message"] == expected
+    assert seen["event"]["message"] == "ValueError: This is not a ServerlessError"
+    for refused in (seen["bad_upload"], seen["bad_provider_upload"]):
+        assert ("| Code: 400\n| Details:\n|   - message: Uploaded file is not a valid type. "
+                "qhybrid keeps a tar") in refused
+    assert "File absent.tar was not found." in seen["missing_delete"]
 
 
 def _tar(files: dict[str, bytes]) -> bytes:

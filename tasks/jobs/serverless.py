@@ -104,13 +104,16 @@ def record_error_event(registry: Any, job_id: str, code: Any, message: Any, exce
 
     from qhybrid.errors import InvalidInput
 
+    # Trimmed as the gateway trims them: a traceback's message ends with a newline.
+    code, message, exception = (None if v is None else str(v).strip()
+                                for v in (code, message, exception))
     for name, value in (("code", code), ("message", message), ("exception", exception)):
-        if value in (None, ""):
+        if not value:
             raise InvalidInput(f"{name} is required", field=name)
     at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z"
     event = {"event_type": "ERROR", "origin": "API", "context": "SEND_ERROR", "created": at,
-             "data": {"code": str(code)[:200], "message": str(message)[:10000],
-                      "exception": str(exception)[:200], "args": args}}
+             "data": {"code": code[:200], "message": message[:10000],
+                      "exception": exception[:200], "args": args}}
     try:
         encoded = json.dumps(event, allow_nan=False)
     except ValueError:
