@@ -191,6 +191,29 @@ except Exception as e:
     raise
 '''
 
+# Fans out with the package's distributed-task names, which it no longer has (qhybrid's in a job).
+PARALLEL = '''
+from qiskit.primitives import StatevectorSampler as Sampler
+from qiskit_serverless import distribute_task, get, get_arguments, get_refs_by_status, put, save_result
+
+
+@distribute_task(target={"cpu": 1})
+def distributed_sample(circuit):
+    return Sampler().run([circuit]).result()[0].data.meas.get_counts()
+
+
+@distribute_task()
+def scale(value, factor):
+    return value * factor
+
+
+circuits = get_arguments()["circuits"]
+references = [distributed_sample(circuit) for circuit in circuits]
+ready, pending = get_refs_by_status(references)
+save_result({"results": get(references), "scaled": get(scale(2, put(3))),
+             "seen": len(ready) + len(pending)})
+'''
+
 # What the client raises and reads where the gateway's answers have fixed words.
 CONTRACT = r'''
 import os, time
@@ -239,6 +262,14 @@ with open(png, "wb") as fh:
 out["bad_upload"] = err(lambda: client.file_upload(png, own))
 out["bad_provider_upload"] = err(lambda: client.provider_file_upload(png, provided))
 out["missing_delete"] = err(lambda: client.file_delete("absent.tar", own))
+
+from qiskit.circuit.random import random_circuit
+circuits = [random_circuit(2, 2, seed=s) for s in range(3)]
+for circuit in circuits:
+    circuit.measure_all()
+parallel = client.upload(QiskitFunction(title="parallel", entrypoint="parallel.py",
+                                        working_dir=P["src"]))
+out["parallel"] = parallel.run(circuits=circuits).result(wait=True, cadence=0.1)
 print(json.dumps(out))
 '''
 
@@ -250,6 +281,7 @@ def _sources(directory: Path) -> Path:
     (directory / "sleeping.py").write_text(SLEEPING)
     (directory / "logging_fn.py").write_text(LOGGING)
     (directory / "runner.py").write_text(RUNNER)
+    (directory / "parallel.py").write_text(PARALLEL)
     return directory
 
 
@@ -355,6 +387,11 @@ def test_real_client_reads_the_gateways_words(service: RunningService,
         assert ("| Code: 400\n| Details:\n|   - message: Uploaded file is not a valid type. "
                 "qhybrid keeps a tar") in refused
     assert "File absent.tar was not found." in seen["missing_delete"]
+    # a program that fans out with the package's distribute_task and get runs
+    parallel = seen["parallel"]
+    assert len(parallel["results"]) == 3 and all(sum(r.values()) == 1024
+                                                 for r in parallel["results"])
+    assert parallel["scaled"] == 6 and parallel["seen"] == 3
 
 
 def _tar(files: dict[str, bytes]) -> bytes:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.sandbox.isolation import drop_capabilities
+from tasks.sandbox.serverless_names import ServerlessNames
 
 PR_SET_PDEATHSIG = 1
 
@@ -121,6 +122,7 @@ def main(spec: ChildSpec) -> None:
         sys.path[:0] = spec.sys_path
         sys.argv = list(spec.argv)
         sys.meta_path.append(_NoRay())   # last: an installed Ray is found first
+        sys.meta_path.insert(0, ServerlessNames())
         _convert(spec.convert_before)
         if spec.call_path:
             _call(spec)
