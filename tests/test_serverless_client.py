@@ -214,6 +214,28 @@ save_result({"results": get(references), "scaled": get(scale(2, put(3))),
              "seen": len(ready) + len(pending)})
 '''
 
+# The data guide's producer and consumer, with the directory's literal path.
+PRODUCER = '''
+import tarfile
+from qiskit_serverless import save_result
+
+with open("./my_file.txt", "w") as f:
+    f.write("Hello!")
+with tarfile.open("/data/my_file.tar", "w:gz") as tar:
+    tar.add("./my_file.txt")
+save_result({"Message": "my_file.txt archived into my_file.tar"})
+'''
+
+CONSUMER = '''
+import tarfile
+from qiskit_serverless import save_result
+
+with tarfile.open("/data/my_file.tar", "r:gz") as tar:
+    with tar.extractfile("./my_file.txt") as f:
+        text = f.read().decode()
+save_result({"Message": text})
+'''
+
 # What the client raises and reads where the gateway's answers have fixed words.
 CONTRACT = r'''
 import os, time
@@ -270,6 +292,14 @@ for circuit in circuits:
 parallel = client.upload(QiskitFunction(title="parallel", entrypoint="parallel.py",
                                         working_dir=P["src"]))
 out["parallel"] = parallel.run(circuits=circuits).result(wait=True, cadence=0.1)
+
+producer = client.upload(QiskitFunction(title="file-producer", entrypoint="producer.py",
+                                        working_dir=P["src"]))
+out["produced"] = producer.run().result(wait=True, cadence=0.1)
+consumer = client.upload(QiskitFunction(title="file-consumer", entrypoint="consumer.py",
+                                        working_dir=P["src"]))
+out["consumed"] = consumer.run().result(wait=True, cadence=0.1)
+out["files_after_jobs"] = client.files(consumer)
 print(json.dumps(out))
 '''
 
@@ -282,6 +312,8 @@ def _sources(directory: Path) -> Path:
     (directory / "logging_fn.py").write_text(LOGGING)
     (directory / "runner.py").write_text(RUNNER)
     (directory / "parallel.py").write_text(PARALLEL)
+    (directory / "producer.py").write_text(PRODUCER)
+    (directory / "consumer.py").write_text(CONSUMER)
     return directory
 
 
@@ -392,6 +424,10 @@ def test_real_client_reads_the_gateways_words(service: RunningService,
     assert len(parallel["results"]) == 3 and all(sum(r.values()) == 1024
                                                  for r in parallel["results"])
     assert parallel["scaled"] == 6 and parallel["seen"] == 3
+    # a file a job writes at /data/... is the user's, and the next job reads it there
+    assert seen["produced"] == {"Message": "my_file.txt archived into my_file.tar"}
+    assert seen["consumed"] == {"Message": "Hello!"}
+    assert seen["files_after_jobs"] == ["my_file.tar"]
 
 
 def _tar(files: dict[str, bytes]) -> bytes:

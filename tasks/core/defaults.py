@@ -187,4 +187,5 @@ FILES_DRAIN_MAX_S = 30.0
 # The job sandbox (tasks.sandbox.box): limits beside the resource class's memory and CPU.
 JOB_MAX_PIDS = 1024                         # processes and threads of one job or task executor
 JOB_DISK_BYTES = 10 * 1024**3               # what a job may write in its directory
+JOB_DATA_MOUNT = "/data"                    # where a sandboxed job also sees its data directory
 JOB_DISK_CHECK_S = 1.0                      # how often the job directory's size is checked

@@ -44,12 +44,13 @@ def prepare(sup: Supervisor, ext: ServerlessExtension) -> dict[str, str]:
         sup.store.download_file(keys.job_arguments(sup.prefix), args)
     else:
         args.write_text("{}")
-    data = sup.job_dir / DATA_DIR
-    data.mkdir()
+    data = sup.job_dir / DATA_DIR       # made by the supervisor, shown at /data too
+    data.mkdir(exist_ok=True)
     files = DataFiles(sup.store, sup.registry, sup.settings)
     ext.peer_files = {}
     # Filled only for a program that reads it: the other jobs do not pay for the copy.
-    listed = files.list(job["user"]) if _mentions(sup.job_dir / "src", "DATA_PATH") else []
+    wanted = _mentions(sup.job_dir / "src", "DATA_PATH", d.JOB_DATA_MOUNT + "/")
+    listed = files.list(job["user"]) if wanted else []
     for info in listed:
         reader, _ = files.open(job["user"], info.name)
         with reader, open(data / info.name, "wb") as out:
@@ -126,13 +127,14 @@ def record_error_event(registry: Any, job_id: str, code: Any, message: Any, exce
     registry.r.rpush(key, encoded)
 
 
-def _mentions(src: Path, word: str) -> bool:
-    """Whether any Python file of the program names `word`."""
-    needle = word.encode()
+def _mentions(src: Path, *words: str) -> bool:
+    """Whether any Python file of the program names one of `words`."""
+    needles = [w.encode() for w in words]
     for path in src.rglob("*.py"):
         if path.is_file() and not path.is_symlink():
             with open(path, "rb") as fh:
-                if needle in fh.read(4 * 1024**2):
+                text = fh.read(4 * 1024**2)
+                if any(n in text for n in needles):
                     return True
     return False
 

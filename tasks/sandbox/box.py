@@ -241,10 +241,12 @@ class Sandbox:
 
     def __init__(self, rw: list[Path], mem: int, cpu: float, pids: int = d.JOB_MAX_PIDS,
                  disk: int = d.JOB_DISK_BYTES, on: bool | None = None, label: str = "",
-                 ro_at: list[tuple[Path, Path]] | None = None) -> None:
+                 ro_at: list[tuple[Path, Path]] | None = None,
+                 rw_at: list[tuple[Path, Path]] | None = None) -> None:
         self.on = enabled() if on is None else on
         self.rw = rw
         self.ro_at = ro_at or []    # (directory, where the sandbox sees it), read-only
+        self.rw_at = rw_at or []    # the same, writable
         self.mem, self.pids, self.disk = mem, pids, disk
         self.cgroup: JobCgroup | None = None
         self.bwrap: subprocess.Popen[bytes] | None = None
@@ -270,7 +272,7 @@ class Sandbox:
         self._hold, self._info = hold_w, info_r
         try:
             argv = bwrap_argv(self.rw + extra_binds(), self.mem, user_ns=os.geteuid() != 0,
-                              hide=hidden_paths(), ro_at=self.ro_at)
+                              hide=hidden_paths(), ro_at=self.ro_at, rw_at=self.rw_at)
             argv[1:1] = ["--info-fd", str(info_w)]
             # bwrap and its shell are processes in the sandbox: they get no environment of ours
             self.bwrap = _popen(args=argv, stdin=hold_r, stdout=subprocess.PIPE,

@@ -133,7 +133,8 @@ def private_system_paths() -> tuple[tuple[str, bool], ...]:
 
 
 def bwrap_argv(rw: Iterable[Path], tmp_bytes: int, user_ns: bool,
-               hide: Iterable[str] = (), ro_at: Iterable[tuple[Path, Path]] = ()) -> list[str]:
+               hide: Iterable[str] = (), ro_at: Iterable[tuple[Path, Path]] = (),
+               rw_at: Iterable[tuple[Path, Path]] = ()) -> list[str]:
     argv = [bwrap_binary(), "--die-with-parent", "--unshare-pid", "--unshare-ipc",
             "--unshare-uts", "--unshare-cgroup-try",
             # the worker host's own name: user code that reports where it ran stays right
@@ -185,5 +186,7 @@ def bwrap_argv(rw: Iterable[Path], tmp_bytes: int, user_ns: bool,
         bind("--bind", str(rw_path), str(rw_path))
     for source, dest in ro_at:
         bind("--ro-bind", str(source), str(dest))
+    for source, dest in rw_at:
+        bind("--bind", str(source), str(dest))
     # the namespace lives as long as this shell waits on the pipe the supervisor holds
     return argv + ["--chdir", "/", "--", "/bin/sh", "-c", "echo ready; read x"]

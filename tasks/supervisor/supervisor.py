@@ -62,6 +62,7 @@ class Supervisor:
         self.prefix: str = job["prefix"]
         self.job_dir = settings.work_dir / f"{self.job_id}-{job.get('attempt') or 1}"
         self.results_dir = self.job_dir / "results"
+        self.data_dir = self.job_dir / "data"      # the user's files (DATA_PATH), if asked for
         self.log_path = self.job_dir / "output.log"
         self.error_path = self.job_dir / "error.txt"
         # A Unix socket path may be at most 107 bytes: keep it short, in a private directory.
@@ -130,10 +131,12 @@ class Supervisor:
             # job's account owns the directory once the child runs.
             self._log = open(self.log_path, "a+b")  # noqa: SIM115 - closed in finish()
             self.environment = self.install_dependencies()
-            # made first: it shows the job directory, which must keep its inode from here on
+            self.data_dir.mkdir()
+            # made first: it shows the job directory, which must keep its inode from here on;
+            # the data directory also at /data, where Qiskit Serverless programs name it
             self.sandbox = sandbox.Sandbox(
                 [self.job_dir, self._socket_dir], mem=self.rc.mem, cpu=self.rc.cpu,
-                label=self.job_dir.name,
+                label=self.job_dir.name, rw_at=[(self.data_dir, Path(d.JOB_DATA_MOUNT))],
                 ro_at=self.environment.mount() if self.environment else None)
             spec = self.prepare()
             if self.environment is not None:
