@@ -238,8 +238,9 @@ SERVERLESS_FLOW = r'''
 from qiskit_serverless import QiskitFunction, ServerlessClient
 client = ServerlessClient(host=P["host"], token=P["token"], instance="an_awesome_crn",
                           channel="ibm_quantum_platform")
+# the gateway's object form too: {"name": "version"}
 fn = client.upload(QiskitFunction(title="with-deps", entrypoint="uses.py",
-                                  working_dir=P["src"], dependencies=["qh-tiny-dep==0.2"]))
+                                  working_dir=P["src"], dependencies=[{"qh-tiny-dep": "0.2"}]))
 job = fn.run()
 result = job.result(wait=True, cadence=0.2)
 print(json.dumps({"result": result, "status": job.status(), "logs": job.logs(),

@@ -68,14 +68,14 @@ def parse(value: Any) -> list[str]:
     version specifiers, markers), as given. Raises InvalidInput saying what is wrong."""
     if value in (None, []):
         return []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list):
         raise InvalidInput("dependencies are a list of requirement strings, e.g. "
                            "[\"qiskit-algorithms==0.3.1\"]", field=FIELD)
     if len(value) > d.MAX_DEPENDENCIES:
         raise InvalidInput(f"at most {d.MAX_DEPENDENCIES} dependencies", field=FIELD)
     out = []
     for line in value:
-        text = line.strip()
+        text = _from_mapping(line).strip()
         if not text or len(text) > 200:
             raise InvalidInput("a requirement is 1 to 200 characters", field=FIELD)
         try:
@@ -89,6 +89,22 @@ def parse(value: Any) -> list[str]:
                                "the service's package index, by name and version", field=FIELD)
         out.append(text)
     return out
+
+
+def _from_mapping(item: Any) -> str:
+    """A requirement string; also from the Qiskit Serverless gateway's one-entry object form,
+    `{"pendulum": "3.0.0"}` (a bare version means ==) or `{"mergedeep": ">=1.3"}`."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and len(item) == 1:
+        [(name, version)] = item.items()
+        if isinstance(name, str) and isinstance(version, str | int | float) \
+                and not isinstance(version, bool):
+            version = str(version).strip()
+            return name + (f"=={version}" if version[:1].isdigit() else version)
+    raise InvalidInput("a dependency is a requirement string (\"pendulum==3.0.0\") or an "
+                       "object of one name and version ({\"pendulum\": \"3.0.0\"})",
+                       field=FIELD)
 
 
 @functools.lru_cache(maxsize=1)
@@ -195,12 +211,12 @@ def ensure(requirements: list[str], settings: Settings, log: IO[bytes],
         # shared: jobs using the set hold it so; exclusive: one process installs or removes it
         _flock(lock, fcntl.LOCK_SH, tick, deadline)
         if env.path.is_dir():
-            log.write(b"[qhybrid: dependencies already installed on this host]\n")
+            _note(log, b"[qhybrid: dependencies already installed on this host]\n")
         else:
             fcntl.flock(lock, fcntl.LOCK_UN)
             _flock(lock, fcntl.LOCK_EX, tick, deadline)
             if env.path.is_dir():      # another process of this host installed it meanwhile
-                log.write(b"[qhybrid: dependencies already installed on this host]\n")
+                _note(log, b"[qhybrid: dependencies already installed on this host]\n")
             else:
                 _install(requirements, settings, env.path, log, tick)
                 _prune(base, keep=env.path)
@@ -212,6 +228,11 @@ def ensure(requirements: list[str], settings: Settings, log: IO[bytes],
     finally:
         if lock >= 0:
             os.close(lock)
+
+
+def _note(log: IO[bytes], line: bytes) -> None:
+    log.write(line)
+    log.flush()         # before the child writes: the log is read through its descriptor
 
 
 def _flock(fd: int, how: int, tick: Callable[[], bool], deadline: float) -> None:
