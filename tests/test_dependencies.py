@@ -95,6 +95,25 @@ def test_another_set_is_another_environment(client: Client, tmp_path: Path) -> N
     assert (_result(old), _result(new), _result(plain.run())) == (42, 43, True)
 
 
+def test_jobs_started_together_with_a_new_set_share_one_install(client: Client,
+                                                                  tmp_path: Path) -> None:
+    # one job keeps the environment in use for a while; another with the same set, started
+    # at the same time, must not wait for it to end
+    holding = _upload(client, tmp_path, "import time, qh_needs_numpy\ntime.sleep(60)\n",
+                      ["qh-needs-numpy==1.0"], "holding").run()
+    quick = _upload(client, tmp_path, "import qh_needs_numpy\nfrom qhybrid import save_result\n"
+                    "save_result(qh_needs_numpy.total([2, 3]))\n", ["qh-needs-numpy==1.0"],
+                    "quick").run()
+    try:
+        assert _result(quick, timeout=45) == 5.0
+        assert holding.status() == "RUNNING"
+        logs = holding.logs() + quick.logs()
+        assert logs.count("installing dependencies: qh-needs-numpy==1.0") == 1
+        assert logs.count("dependencies already installed on this host") == 1
+    finally:
+        holding.cancel()
+
+
 def test_a_requirement_the_base_environment_cannot_meet_fails_the_job_with_pips_reason(
         client: Client, tmp_path: Path) -> None:
     job = _upload(client, tmp_path, "print('never')\n", ["qh-wants-old-numpy"]).run()

@@ -208,20 +208,13 @@ def ensure(requirements: list[str], settings: Settings, log: IO[bytes],
     lock = os.open(_lock_path(env.path), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + d.DEPENDENCY_INSTALL_TIMEOUT_S
-        # shared: jobs using the set hold it so; exclusive: one process installs or removes it
-        _flock(lock, fcntl.LOCK_SH, tick, deadline)
-        if env.path.is_dir():
-            _note(log, b"[qhybrid: dependencies already installed on this host]\n")
-        else:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            _flock(lock, fcntl.LOCK_EX, tick, deadline)
-            if env.path.is_dir():      # another process of this host installed it meanwhile
-                _note(log, b"[qhybrid: dependencies already installed on this host]\n")
-            else:
-                _install(requirements, settings, env.path, log, tick)
-                _prune(base, keep=env.path)
+        if _claim(lock, env.path, tick, deadline):
+            _install(requirements, settings, env.path, log, tick)
+            _prune(base, keep=env.path)
             os.utime(lock)             # the newest: not what a prune removes next
             fcntl.flock(lock, fcntl.LOCK_SH)
+        else:
+            _note(log, b"[qhybrid: dependencies already installed on this host]\n")
         os.utime(lock)
         env._lock, lock = lock, -1
         return env
@@ -235,19 +228,32 @@ def _note(log: IO[bytes], line: bytes) -> None:
     log.flush()         # before the child writes: the log is read through its descriptor
 
 
-def _flock(fd: int, how: int, tick: Callable[[], bool], deadline: float) -> None:
-    """Take the lock, waiting while another process holds it the other way."""
+def _claim(fd: int, path: Path, tick: Callable[[], bool], deadline: float) -> bool:
+    """Hold the environment's lock: shared when the environment is there (False), else
+    exclusive, to install it (True).
+
+    Shared: the jobs using it hold it so. Exclusive: one process installs or removes it. A
+    process waiting to install looks again while it waits: the one that installed it first
+    holds it shared from then on.
+    """
     while True:
         try:
-            fcntl.flock(fd, how | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if tick():
-                raise InstallCanceled() from None
-            if time.monotonic() > deadline:
-                raise QhybridError("waiting for another install of the same dependencies "
-                                   f"took more than {d.DEPENDENCY_INSTALL_TIMEOUT_S} s") from None
-            time.sleep(d.SUPERVISOR_TICK_S * 4)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            if path.is_dir():
+                return False
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not path.is_dir():
+                return True
+            fcntl.flock(fd, fcntl.LOCK_SH)      # installed between the two looks
+            return False
+        except BlockingIOError:       # being installed, or removed, or (exclusive) in use
+            pass
+        if tick():
+            raise InstallCanceled()
+        if time.monotonic() > deadline:
+            raise QhybridError("waiting for another install of the same dependencies took "
+                               f"more than {d.DEPENDENCY_INSTALL_TIMEOUT_S} s")
+        time.sleep(d.SUPERVISOR_TICK_S * 4)
 
 
 def _installer() -> tuple[int, int] | None:
