@@ -34,7 +34,7 @@ from qhybrid import Job, get_arguments, save_result, update_status
 args = get_arguments()
 print("hello from the browser", args["n"], flush=True)
 update_status(Job.MAPPING)
-time.sleep(1.5)
+time.sleep(4)       # long enough for the page to see MAPPING on a loaded host
 with open("answer.txt", "w") as fh:
     fh.write("42")
 save_result({"squares": [i * i for i in range(args["n"])], "who": "qhybrid"})
