@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, request
@@ -47,6 +46,7 @@ from tasks.core import defaults as d
 from tasks.files.data_files import DataFiles
 from tasks.jobs import tokens as job_tokens
 from tasks.jobs.serverless import MAX_EVENTS, record_error_event
+from tasks.sandbox.dependencies import base_distributions
 
 bp = Blueprint("serverless", __name__, url_prefix="/api/v1")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -488,12 +488,8 @@ def add_runtime_job(job_id: str) -> Response:
 @bp.get("/dependencies-versions/")
 @peer_auth()
 def dependencies_versions() -> Response:
-    names = {}
-    for dist in metadata.distributions():
-        name = dist.metadata["Name"]
-        if name:
-            names[name.lower()] = f"{name.lower()}=={dist.version}"
-    return _json(sorted(names.values()))
+    # the same reading of the base environment that jobs' dependencies are layered over
+    return _json([f"{name}=={version}" for name, version in base_distributions()])
 
 
 # --- files --------------------------------------------------------------------------------
