@@ -44,7 +44,7 @@ from tasks.devices.catalog import device_spec
 from tasks.devices.holders import start_job
 from tasks.jobs import metrics
 from tasks.jobs.hybrid import KIND
-from tasks.sandbox import dependencies
+from tasks.sandbox import dependencies as requirements
 
 METADATA_FIELDS = {"job_name", "device", "resources", "max_runtime", "hyperparameters",
                    "hyperparameters_truncated", "dependencies", "copy_checkpoints_from_job",
@@ -108,16 +108,6 @@ def _resolve_checkpoint_job(svc: Services, user: str, ref: Any) -> dict[str, Any
                        field=field) from None
 
 
-def _dependencies(svc: Services, value: Any) -> list[str]:
-    requirements = dependencies.parse(value)
-    if requirements and not svc.settings.allow_installs:
-        raise InvalidInput("this server does not install packages for jobs (an operator enables "
-                           "it with QHYBRID_ALLOW_INSTALLS=1): drop `dependencies` and use the "
-                           f"packages the workers have (Python {SERVER_PYTHON}, qiskit, "
-                           "qiskit-aer, numpy ...)", field="dependencies")
-    return requirements
-
-
 def _device(svc: Services, value: Any) -> tuple[str, bool]:
     """(device name or "", whether the job must hold it: a device that is not shared)."""
     if value in (None, ""):
@@ -157,7 +147,7 @@ def submit_hybrid_job(svc: Services, celery: Celery, user: str, metadata: str | 
     if result_format not in RESULT_FORMATS:
         raise InvalidInput(f"result_format is one of {', '.join(RESULT_FORMATS)}",
                            field="result_format")
-    dependencies = _dependencies(svc, meta.get("dependencies"))
+    dependencies = requirements.accepted(meta.get("dependencies"), svc.settings)
     source_job = _resolve_checkpoint_job(svc, user, meta.get("copy_checkpoints_from_job"))
     tags = check_tags(meta.get("tags"))
     entry_point = meta.get("entry_point") or ""

@@ -192,12 +192,7 @@ def program_extras(svc: Services, dependencies: str | None,
         except ValueError:
             raise InvalidInput("dependencies is a JSON list of requirement strings",
                                field="dependencies") from None
-        deps = requirements.parse(deps)
-        if deps and not svc.settings.allow_installs:
-            raise InvalidInput("this server does not install dependencies (an operator enables "
-                               "it with QHYBRID_ALLOW_INSTALLS=1); `dependencies_versions()` "
-                               "lists what the workers have", field="dependencies")
-        out["dependencies"] = deps
+        out["dependencies"] = requirements.accepted(deps, svc.settings)
     if env_vars:
         try:
             env = json.loads(env_vars)

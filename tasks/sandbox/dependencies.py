@@ -54,6 +54,9 @@ from tasks.sandbox.isolation import job_account
 SANDBOX_PATH = Path("/qhybrid/dependencies")   # where a job sees its environment
 MAX_ENVIRONMENTS = 32                          # kept per host; unheld ones beyond go, oldest first
 FIELD = "dependencies"
+OFF = ("this server does not install dependencies (an operator enables it with "
+       "QHYBRID_ALLOW_INSTALLS=1); drop them and use what the workers have "
+       "(`dependencies_versions()` lists it)")
 # what pip may read of the worker's environment: proxies and CA bundles, nothing of ours
 _PASSED_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
                "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")
@@ -105,6 +108,15 @@ def _from_mapping(item: Any) -> str:
     raise InvalidInput("a dependency is a requirement string (\"pendulum==3.0.0\") or an "
                        "object of one name and version ({\"pendulum\": \"3.0.0\"})",
                        field=FIELD)
+
+
+def accepted(value: Any, settings: Settings) -> list[str]:
+    """`parse`, and refused (InvalidInput) when this server does not install: what the API
+    checks at upload and submission."""
+    requirements = parse(value)
+    if requirements and not settings.allow_installs:
+        raise InvalidInput(OFF, field=FIELD)
+    return requirements
 
 
 @functools.lru_cache(maxsize=1)
@@ -199,8 +211,7 @@ def ensure(requirements: list[str], settings: Settings, log: IO[bytes],
     if not requirements:
         return None
     if not settings.allow_installs:
-        raise InvalidInput("this server does not install dependencies (an operator enables "
-                           "it with QHYBRID_ALLOW_INSTALLS=1)", field=FIELD)
+        raise InvalidInput(OFF, field=FIELD)
     base = root(settings)
     base.mkdir(parents=True, exist_ok=True)
     base.chmod(0o711)       # the job account passes through to its own environment only
