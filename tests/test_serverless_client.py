@@ -58,11 +58,8 @@ print("sleeping", flush=True)
 time.sleep(120)
 '''
 
-# Drives the client through every call; prints one JSON object of what it saw.
-FLOW = r'''
-import os, tarfile, time, warnings
-from qiskit import QuantumCircuit
-from qiskit_serverless import QiskitFunction, ServerlessClient
+# What each client script below starts with: the message of what the client raised.
+ERR = r'''
 from qiskit_serverless.exception import QiskitServerlessException
 
 def err(fn):
@@ -71,6 +68,14 @@ def err(fn):
     except QiskitServerlessException as exc:
         return str(exc)
     return None
+'''
+
+# Drives the client through every call; prints one JSON object of what it saw.
+FLOW = ERR + r'''
+import os, tarfile, time, warnings
+from qiskit import QuantumCircuit
+from qiskit_serverless import QiskitFunction, ServerlessClient
+
 
 def wait_done(job, timeout=120):
     deadline = time.time() + timeout
@@ -237,17 +242,10 @@ save_result({"Message": text})
 '''
 
 # What the client raises and reads where the gateway's answers have fixed words.
-CONTRACT = r'''
+CONTRACT = ERR + r'''
 import os, time
 from qiskit_serverless import QiskitFunction, ServerlessClient
-from qiskit_serverless.exception import QiskitServerlessException
 
-def err(fn):
-    try:
-        fn()
-    except QiskitServerlessException as exc:
-        return str(exc)
-    return None
 
 client = ServerlessClient(host=P["host"], token=P["token"], instance="an_awesome_crn",
                           channel="ibm_quantum_platform")
