@@ -151,6 +151,66 @@ def test_nothing_the_job_started_survives_its_end_or_a_cancel(service: RunningSe
     assert _run(client, tmp_path, "look", LOOK).result(timeout=60) == {"tmp": [], "shm": []}
 
 
+def _ready_sandbox_processes(worker_pid: int | None = None) -> set[int]:
+    """Host pids of the processes in sandboxes made ready ahead, not yet given a job (of
+    the worker process `worker_pid`'s, when given: its cgroups are named after it)."""
+    found = set()
+    mark = f"/qh-{worker_pid}-" if worker_pid else "/"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cgroup") as fh:
+                if any("/box-" in line and mark in line for line in fh):
+                    found.add(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_job_starts_in_a_sandbox_made_ready_for_it_and_the_next_one_is_fresh(
+        service: RunningService, tmp_path: Path) -> None:
+    client = service.client()
+    program = client.upload(Program(title="ready", entrypoint="main.py", working_dir=write_program(
+        tmp_path / "ready", "import os\nfrom qhybrid import save_result\n"
+        "seen = [n for n in os.listdir('/tmp') if n.startswith('mark')]\n"
+        "open('/tmp/mark-' + os.environ['QHYBRID_JOB_ID'], 'w').write('x')\n"
+        "save_result(seen)\n")))
+    # given an idle worker: its sandboxes are made, with their processes waiting for a job
+    waiting = wait_until(_ready_sandbox_processes, timeout=60)
+    # when a job comes
+    job = program.run()
+    assert job.result(timeout=60) == []
+    # then its process is one of those that were waiting: nothing was forked for it
+    assert int(service.registry.job_field(job.job_id, "pid") or 0) in waiting
+    # and once it ended, nothing of it runs; the next job gets a sandbox of its own, which
+    # holds none of the files the last one left in /tmp
+    wait_until(lambda: not job_processes(job.job_id), timeout=10)
+    wait_until(lambda: _ready_sandbox_processes() - waiting, timeout=60)
+    assert program.run().result(timeout=60) == []
+
+
+def test_a_ready_sandbox_that_gets_no_job_leaves_nothing_running(tmp_path: Path) -> None:
+    from qhybrid.resources import ResourceClass
+    from tasks.sandbox import box as sandbox
+    from tasks.sandbox.environment import warm_parent
+    from tasks.sandbox.ready import ReadyPlaces
+
+    warm_parent()
+    places = ReadyPlaces(tmp_path / "work")
+    try:
+        # given two places made ready for a class
+        places.keep(ResourceClass("small", cpu=1, mem=512 * 1024**2), 2)
+        wait_until(lambda: places.ready_count("small") == 2, timeout=60)
+        waiting = _ready_sandbox_processes(os.getpid())
+        assert len(waiting) >= 2
+        # when the worker ends without a job for them, then their processes are gone
+        places.close()
+        wait_until(lambda: not _ready_sandbox_processes(os.getpid()), timeout=10)
+        assert not list((tmp_path / "work").iterdir())
+    finally:
+        places.close()
+        sandbox.shutdown()
+
+
 GREEDY = r'''
 import subprocess, sys
 code = "x = b'x' * (1536 * 1024**2); import time; time.sleep(60)"

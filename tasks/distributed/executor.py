@@ -247,7 +247,10 @@ class ExecutorPool:
                     return ex
                 ex.kill()
         src = self.source(job)
-        job_src = self.settings.work_dir / f"{job['id']}-{job.get('attempt') or 1}" / "src"
+        # where the job's own sandbox shows its code (a link, when its sandbox was made
+        # ready ahead: tasks.sandbox.ready)
+        attempt_dir = self.settings.work_dir / f"{job['id']}-{job.get('attempt') or 1}"
+        job_src = attempt_dir.resolve() / "src"
         environment = self.environment(job, tick)
         try:
             ex = Executor(job, rc, src, self.root, self.op_names, job_src=job_src,

@@ -21,7 +21,7 @@ from celery.signals import worker_init, worker_ready, worker_shutdown, worker_sh
 from tasks.core import broker
 from tasks.core import defaults as d
 from tasks.core.presence import worker_name
-from tasks.core.queues import RUN_JOB_TASK, enqueue_job
+from tasks.core.queues import RUN_JOB_TASK, enqueue_job, jobs_queue
 from tasks.core.services import Services, from_env
 from tasks.core.settings import MissingSharedSettings, require_shared
 from tasks.devices.holders import repair as repair_reservations
@@ -35,11 +35,13 @@ from tasks.sandbox import box as sandbox
 from tasks.sandbox.bwrap import SandboxUnavailable
 from tasks.sandbox.environment import warm_parent
 from tasks.sandbox.isolation import make_undumpable
+from tasks.sandbox.ready import ReadyPlaces
 from tasks.supervisor.extension import JobExtension
 
 log = logging.getLogger("qhybrid.worker")
 _slot = itertools.count()
 _stop = threading.Event()
+_ready: ReadyPlaces | None = None      # sandboxes made ready ahead, for the classes served
 
 
 # What a job's code can do besides the supervisor's own calls, in this order (their hooks
@@ -103,11 +105,14 @@ def run_job(job_id: str, attempt: int) -> None:
                        error=f"resource class {job.get('resource_class')!r} is not configured here")
         return
     celery = run_job.app
+    # a sandbox made ready ahead shows what every job's does; one that also shows the job's
+    # dependencies is made for it
+    place = _ready.take(rc) if _ready is not None and not job.get("dependencies") else None
     supervisor_class(job)(job, reg, services.store, services.settings, rc, worker,
                           cpus=_cpus_for(rc.threads()), stopping=_stop,
                           requeue=lambda reason: requeue_job(services, celery, job_id, reason,
                                                              attempt),
-                          extensions=EXTENSIONS).run()
+                          extensions=EXTENSIONS, place=place).run()
 
 
 def requeue_job(services: Services, celery: Celery, job_id: str, reason: str,
@@ -213,8 +218,15 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 
 @worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    global _ready
     app = sender.app
     queues = sorted(app.amqp.queues.consume_from or app.amqp.queues)
+    services = from_env()
+    served = [rc for name, rc in services.classes.items() if jobs_queue(name) in queues]
+    if served:
+        _ready = ReadyPlaces(services.settings.work_dir)
+        for rc in served:
+            _ready.keep(rc, rc.slots())
     threading.Thread(target=_housekeeping, args=(app, queues), name="housekeeping",
                      daemon=True).start()
 
@@ -227,4 +239,6 @@ def _on_worker_shutting_down(**_: Any) -> None:
 @worker_shutdown.connect
 def _on_worker_shutdown(**_: Any) -> None:
     _stop.set()
+    if _ready is not None:
+        _ready.close()
     sandbox.shutdown()

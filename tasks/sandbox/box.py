@@ -157,6 +157,17 @@ class JobProcess:
         self.join(0)
         return self.exitcode is None
 
+    def close(self) -> None:
+        if not self._closed:
+            self._conn.close()
+            self._closed = True
+            if self.exitcode is None:
+                self.exitcode = -signal.SIGKILL
+
+    def start(self, spec: ChildSpec) -> None:
+        """Hand a process made ready ahead (Zygote.spawn without a spec) the spec to run."""
+        self._conn.sendall(json.dumps(asdict(spec)).encode() + b"\n")
+
 
 class Zygote:
     """The warm parent of this worker's job processes (tasks.sandbox.zygote), started on demand.
@@ -193,12 +204,15 @@ class Zygote:
                 raise RuntimeError(f"the job process zygote did not start: {line[-500:]!r}")
             self._ready = True
 
-    def spawn(self, spec: ChildSpec, ns_pid: int, cgroup_procs: list[str]) -> JobProcess:
+    def spawn(self, spec: ChildSpec | None, ns_pid: int, cgroup_procs: list[str]) -> JobProcess:
+        """The job's process in the sandbox; without `spec` it waits for JobProcess.start."""
         self.ensure()
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             conn.connect(str(self.path))
-            msg = {"spec": asdict(spec), "ns_pid": ns_pid, "cgroup_procs": cgroup_procs}
+            msg: dict[str, Any] = {"ns_pid": ns_pid, "cgroup_procs": cgroup_procs}
+            if spec is not None:
+                msg["spec"] = asdict(spec)
             conn.sendall(json.dumps(msg).encode() + b"\n")
             return JobProcess(conn, d.EXECUTOR_START_TIMEOUT_S)
         except BaseException:
@@ -254,6 +268,7 @@ class Sandbox:
         self._info: int | None = None
         self.ns_pid = 0
         self.proc: JobProcess | None = None
+        self._waiting: JobProcess | None = None     # made ready ahead (make_ready)
         self._disk_checked = 0.0
         self.closed = False
         if not self.on:
@@ -325,6 +340,23 @@ class Sandbox:
             raise SandboxUnavailable(f"bubblewrap could not make the sandbox: {err}" + hint())
         self.ns_pid = int(json.loads(info[:info.index(b"}") + 1])["child-pid"])
 
+    def make_ready(self) -> None:
+        """Have the job's process forked in the sandbox now, waiting for its spec: `spawn`
+        then only hands it over (a sandbox made ready before its job, tasks.sandbox.ready)."""
+        self._await_ready()
+        procs = self.cgroup.procs_files() if self.cgroup else []
+        self._waiting = zygote().spawn(None, self.ns_pid, procs)
+
+    def relabel(self, label: str) -> None:
+        """Its cgroup is named after `label` (the job attempt) from now on."""
+        if self.cgroup is not None:
+            self.cgroup.rename(label)
+
+    @property
+    def ready(self) -> bool:
+        """Made ready ahead and still waiting for its job."""
+        return self._waiting is not None and self._waiting.is_alive()
+
     def spawn(self, spec: ChildSpec) -> JobProcess:
         self._await_ready()
         if self.on:
@@ -332,6 +364,10 @@ class Sandbox:
             # allocation past the class's memory is a MemoryError the user's code can see.
             spec.env["TMPDIR"] = "/tmp"
         spec.file_bytes = self.disk
+        if self._waiting is not None:
+            self.proc, self._waiting = self._waiting, None
+            self.proc.start(spec)
+            return self.proc
         procs = self.cgroup.procs_files() if self.cgroup else []
         self.proc = zygote().spawn(spec, self.ns_pid, procs)
         return self.proc
@@ -377,8 +413,11 @@ class Sandbox:
                 os.killpg(self.proc.pid, signal.SIGKILL)   # QHYBRID_SANDBOX=off: its group
             except (ProcessLookupError, PermissionError):
                 pass
-        if self.proc is not None:
-            self.proc.join(5)
+        if self._waiting is not None:
+            self._waiting.close()   # no job came: its process reads the end and exits
+        for proc in (self.proc, self._waiting):
+            if proc is not None:
+                proc.join(5)
         if self.bwrap is not None:
             self.bwrap.wait()
             for stream in (self.bwrap.stdout, self.bwrap.stderr):

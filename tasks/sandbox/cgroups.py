@@ -113,6 +113,13 @@ class JobCgroup:
     def _d(self, ctrl: str) -> Path:
         return self.dirs[""] if self.version == 2 else self.dirs[ctrl]
 
+    def rename(self, label: str) -> None:
+        """Name it after `label` from now on (a sandbox made ready before its job came)."""
+        for ctrl, path in list(self.dirs.items()):
+            new = path.with_name(f"{label}-{path.name.split('-', 1)[-1]}")
+            path.rename(new)
+            self.dirs[ctrl] = new
+
     def procs_files(self) -> list[str]:
         """The files a process writes "0" to, to enter this cgroup (every hierarchy)."""
         return [str(d / "cgroup.procs") for d in self.dirs.values()]

@@ -9,12 +9,22 @@ each `cgroup.procs`), joins the namespaces of `ns_pid` (the sandbox bubblewrap m
 forks the job's process there. The intermediate sends `{"pid": <job pid>}`, waits for that
 one process and sends `{"status": <exit code, -signal if killed>}`. It ends when its
 standard input closes (the worker is gone).
+
+A request without a spec makes a job process that waits, in its sandbox, for the spec to
+come as the next line on the same connection (a sandbox made ready before its job is known:
+tasks.sandbox.ready). Everything the spec decides (account, limits, environment, the code)
+is applied only once it has come, exactly as for a spawn with the spec.
+
+Before serving, the zygote's objects are frozen out of the garbage collector's reach
+(`gc.freeze`): a child's collections then never touch, and so never copy, the pages it
+shares with the zygote.
 """
 
 from __future__ import annotations
 
 import ctypes
 import fcntl
+import gc
 import json
 import os
 import select
@@ -100,11 +110,14 @@ def _job(conn: socket.socket, root: int | None, msg: dict[str, object]) -> None:
             os.fchdir(root)
             os.chroot(".")
             os.chdir("/")
+        spec = msg.get("spec")
+        if spec is None:             # made ready ahead: the spec is the next line
+            spec = _read_spec(conn)
         conn.close()
         os.closerange(3, 65536)      # nothing of the zygote's reaches user code
         from tasks.sandbox.child import ChildSpec, main
 
-        main(ChildSpec(**msg["spec"]))  # type: ignore[arg-type]
+        main(ChildSpec(**spec))  # type: ignore[arg-type]
     except BaseException:
         # before user code runs: the service's fault, for the worker's log (os._exit below
         # would drop the traceback Python prints on the way out)
@@ -116,9 +129,22 @@ def _job(conn: socket.socket, root: int | None, msg: dict[str, object]) -> None:
         os._exit(70)
 
 
+def _read_spec(conn: socket.socket) -> dict[str, object]:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(1 << 20)
+        if not chunk:           # the sandbox was closed before a job came: nothing to run
+            os._exit(0)
+        data += chunk
+    spec: dict[str, object] = json.loads(data)
+    return spec
+
+
 def serve(path: str) -> None:
     import tasks.sandbox.preload  # noqa: F401 - every job starts with qiskit imported
 
+    gc.collect()
+    gc.freeze()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)    # intermediates are reaped by the kernel
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)

@@ -33,6 +33,7 @@ from tasks.sandbox import dependencies
 from tasks.sandbox.child import ChildSpec
 from tasks.sandbox.environment import THREAD_ENV, clean_env, warm_parent
 from tasks.sandbox.isolation import hand_over, job_account, open_job_file
+from tasks.sandbox.ready import Place
 from tasks.supervisor.extension import JobExtension, merge_ops
 
 INTERRUPTED = "INTERRUPTED"     # not a job status: the worker stopped under the job
@@ -45,7 +46,8 @@ class Supervisor:
                  settings: Settings, resource_class: ResourceClass, worker: str,
                  cpus: list[int] | None = None, stopping: threading.Event | None = None,
                  requeue: Callable[[str], object] | None = None,
-                 extensions: Sequence[type[JobExtension]] = ()) -> None:
+                 extensions: Sequence[type[JobExtension]] = (),
+                 place: Place | None = None) -> None:
         self.job = job
         # Set when the worker shuts down: the child is stopped and the job handed to `requeue`
         # (run again elsewhere) instead of ending in ERROR.
@@ -60,13 +62,17 @@ class Supervisor:
         self.worker = worker
         self.cpus = cpus or []
         self.prefix: str = job["prefix"]
-        self.job_dir = settings.work_dir / f"{self.job_id}-{job.get('attempt') or 1}"
+        # A place made ready before the job came (tasks.sandbox.ready): its job directory,
+        # socket directory and sandbox, its process waiting; else they are made here.
+        self.place = place
+        self.attempt_dir = settings.work_dir / f"{self.job_id}-{job.get('attempt') or 1}"
+        self.job_dir = place.job_dir if place else self.attempt_dir
         self.results_dir = self.job_dir / "results"
         self.data_dir = self.job_dir / "data"      # the user's files (DATA_PATH), if asked for
         self.log_path = self.job_dir / "output.log"
         self.error_path = self.job_dir / "error.txt"
         # A Unix socket path may be at most 107 bytes: keep it short, in a private directory.
-        self._socket_dir = Path(tempfile.mkdtemp(prefix="qh-"))
+        self._socket_dir = place.socket_dir if place else Path(tempfile.mkdtemp(prefix="qh-"))
         self.socket_path = self._socket_dir / "s"
         self.checkpoint_dir = self.job_dir / "checkpoints"
         self.usage = UsageMeter(registry.r, self.job_id)   # CPU seconds per stage
@@ -84,7 +90,7 @@ class Supervisor:
         self._source_snapshot: dict[str, tuple[int, int]] = {}
         self._log: BinaryIO | None = None
         self._earlier_log = b""
-        self.sandbox: sandbox.Sandbox | None = None
+        self.sandbox: sandbox.Sandbox | None = place.sandbox if place else None
         self.environment: dependencies.Environment | None = None
 
     # --- operations the child may call -----------------------------------------------------
@@ -123,21 +129,29 @@ class Supervisor:
         status, error = d.ERROR, ""
         channel = None
         try:
-            if self.job_dir.exists():
+            if self.place is None and self.job_dir.exists():
                 shutil.rmtree(self.job_dir)
             self.results_dir.mkdir(parents=True)
+            if self.place is not None:
+                # where other processes of this host find the attempt's directory (the
+                # job's task executors show its code where the job has it)
+                self.attempt_dir.unlink(missing_ok=True)
+                self.attempt_dir.symlink_to(self.job_dir.name)
+                self.place.sandbox.relabel(self.attempt_dir.name)   # the job's cgroup, by name
             # Opened now, and read through this handle: what is written before the child
             # starts (the install of the job's dependencies) is in the job's log too, and the
             # job's account owns the directory once the child runs.
             self._log = open(self.log_path, "a+b")  # noqa: SIM115 - closed in finish()
             self.environment = self.install_dependencies()
-            self.data_dir.mkdir()
-            # made first: it shows the job directory, which must keep its inode from here on;
-            # the data directory also at /data, where Qiskit Serverless programs name it
-            self.sandbox = sandbox.Sandbox(
-                [self.job_dir, self._socket_dir], mem=self.rc.mem, cpu=self.rc.cpu,
-                label=self.job_dir.name, rw_at=[(self.data_dir, Path(d.JOB_DATA_MOUNT))],
-                ro_at=self.environment.mount() if self.environment else None)
+            if self.sandbox is None:
+                self.data_dir.mkdir()
+                # made first: it shows the job directory, which must keep its inode from
+                # here on; the data directory also at /data, where Qiskit Serverless
+                # programs name it
+                self.sandbox = sandbox.Sandbox(
+                    [self.job_dir, self._socket_dir], mem=self.rc.mem, cpu=self.rc.cpu,
+                    label=self.job_dir.name, rw_at=[(self.data_dir, Path(d.JOB_DATA_MOUNT))],
+                    ro_at=self.environment.mount() if self.environment else None)
             spec = self.prepare()
             if self.environment is not None:
                 self.environment.apply(spec, sandboxed=self.sandbox.on)
@@ -317,8 +331,7 @@ class Supervisor:
                 self.sandbox.close()
             if self.environment is not None:
                 self.environment.release()
-            shutil.rmtree(self.job_dir, ignore_errors=True)
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._remove_dirs()
             return
         if status == INTERRUPTED:
             status = d.ERROR
@@ -364,6 +377,11 @@ class Supervisor:
             self.sandbox.close()
         if self.environment is not None:
             self.environment.release()
+        self._remove_dirs()
+
+    def _remove_dirs(self) -> None:
+        if self.place is not None:
+            self.attempt_dir.unlink(missing_ok=True)
         shutil.rmtree(self.job_dir, ignore_errors=True)
         shutil.rmtree(self._socket_dir, ignore_errors=True)
 
