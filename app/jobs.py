@@ -35,7 +35,7 @@ from storage import keys
 from storage.tarsafe import is_tar, safe_extract
 from tasks.core import defaults as d
 from tasks.core.queues import jobs_queue
-from tasks.core.registry import display_status
+from tasks.core.registry import display_status, flat_record, unflat_record
 from tasks.core.services import Services
 from tasks.devices import reservations
 from tasks.devices.catalog import device_spec
@@ -279,9 +279,11 @@ def run_program(svc: Services, celery: Celery, user: str, title: str,
     svc.registry.create_job(record)
     # A job naming a non-shared device, or a reservation, waits in the device's line until it
     # holds the device.
-    start_job(svc.registry, celery, record,
-              hold=reservation is not None or (spec is not None and not spec.shared))
-    return svc.registry.get_job(job_id)
+    hold = reservation is not None or (spec is not None and not spec.shared)
+    start_job(svc.registry, celery, record, hold=hold)
+    if hold:     # its device's line may have moved it on
+        return svc.registry.get_job(job_id)
+    return unflat_record(flat_record(record))       # as stored: no need to read it back
 
 
 def check_max_runtime(svc: Services, value: Any) -> int:

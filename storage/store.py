@@ -104,22 +104,26 @@ def _mkstemp_near(path: Path) -> tuple[int, str]:
     return tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
 
 
-def _atomic_write(path: Path, stream: BinaryIO) -> int:
+def _atomic_write(path: Path, stream: BinaryIO, durable: bool = True) -> int:
     """Write `stream` to `path` through a fsynced temp file in the same directory + os.replace.
 
     A failure at any point removes the temp file and leaves a previous file at `path` intact.
+    Not `durable`: the same without the fsyncs (a working copy a crash makes worthless anyway).
     """
     fd, tmp = _mkstemp_near(path)
     try:
         with os.fdopen(fd, "wb") as out:
             written = _copy_stream(stream, cast(BinaryIO, out))
             out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if not durable:
+        return written
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
@@ -189,10 +193,13 @@ class ObjectStore(ABC):
             reader.close()
 
     def download_file(self, key: str, path: Path | str) -> None:
-        """Stream an object into a local file, replacing it atomically."""
+        """Stream an object into a local file, replacing it atomically.
+
+        The file is a working copy (a job's inputs): it is not fsynced, the object stays
+        the durable one."""
         reader = self.open(key)
         try:
-            _atomic_write(Path(path), reader)
+            _atomic_write(Path(path), reader, durable=False)
         finally:
             reader.close()
 

@@ -43,24 +43,27 @@ def _observe(pipe: Any, name: str, label: str, value: float) -> None:
     pipe.hincrbyfloat(key, f"{label}|sum", value)
 
 
-def job_transition(r: Any, job_id: str, to: str) -> None:
-    """A job entered `to`: count it, and observe start latency (RUNNING) or run time (end)."""
+def count_entered(pipe: Any, to: str, rc: str) -> None:
+    """Count, in the pipeline `pipe`, a job of class `rc` entering `to`."""
+    pipe.hincrby(JOBS_ENTERED_KEY, f"{to}|{rc or ''}", 1)
+
+
+def job_transition(r: Any, to: str, rc: str, *, created: str = "", started: str = "",
+                   ended: str = "", sub_status: str = "") -> None:
+    """A job of class `rc` entered `to` (its record's times as they are now): count it, and
+    observe start latency (RUNNING) or run time (end)."""
     try:
-        created, started, ended, rc, sub = r.hmget(
-            d.JOB_KEY.format(job_id=job_id), "created", "started", "ended", "resource_class",
-            "sub_status")
-        if to == d.RUNNING and sub:
+        if to == d.RUNNING and sub_status:
             return                                   # a sub-status, not a new start
-        rc = rc or ""
         pipe = r.pipeline(transaction=False)
-        pipe.hincrby(JOBS_ENTERED_KEY, f"{to}|{rc}", 1)
+        count_entered(pipe, to, rc)
         if to == d.RUNNING and created and started:
             _observe(pipe, "job_start_latency_seconds", rc, max(0.0, float(started) - float(created)))
         if to in d.TERMINAL_STATUSES and started and ended:
             _observe(pipe, "job_run_seconds", rc, max(0.0, float(ended) - float(started)))
         pipe.execute()
     except Exception:
-        log.warning("could not record job %s entering %s for /metrics", job_id, to, exc_info=True)
+        log.warning("could not record a job entering %s for /metrics", to, exc_info=True)
 
 
 def storage_error(r: Any, operation: str) -> None:

@@ -24,9 +24,13 @@ from tasks.core import defaults as d
 from tasks.core import signals
 
 _TRANSITION = """
--- KEYS: job, events, active, heartbeat, sent ; ARGV: to, allowed(csv or ''), event json, now,
---        require_field, require_value, unless_beating ('1': refuse while the heartbeat
---        lives), then field/value pairs
+-- KEYS: job, events, active, heartbeat, sent, changed (channel) ; ARGV: to, allowed (csv or
+--        ''), event json, now, require_field, require_value, unless_beating ('1': refuse
+--        while the heartbeat lives), beat (a worker's name: set the heartbeat, a claim),
+--        beat ttl (ms), whole ('1': return the whole record), then field/value pairs.
+-- Returns -1 (no job), 0 (not moved) or, moved, what /metrics and a job's end need:
+-- {1, created, started, ended, resource_class, sub_status, device, [the record's fields
+-- and values, when whole]}.
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return -1 end
 if ARGV[2] ~= '' then
@@ -37,7 +41,7 @@ end
 if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], ARGV[5]) ~= ARGV[6] then return 0 end
 if ARGV[7] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated', ARGV[4])
-for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 11, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 if ARGV[1] == 'INITIALIZING' or ARGV[1] == 'RUNNING' or ARGV[1] == 'CANCELING' then
   redis.call('SADD', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
@@ -48,7 +52,17 @@ end
 if ARGV[1] ~= 'QUEUED' then
   redis.call('ZREM', KEYS[5], redis.call('HGET', KEYS[1], 'id'))
 end
-return 1
+if ARGV[8] ~= '' then
+  redis.call('SET', KEYS[4], ARGV[8], 'PX', ARGV[9])
+end
+redis.call('PUBLISH', KEYS[6], 'status')
+local f = redis.call('HMGET', KEYS[1], 'created', 'started', 'ended', 'resource_class',
+                     'sub_status', 'device')
+local out = {1, f[1] or '', f[2] or '', f[3] or '', f[4] or '', f[5] or '', f[6] or ''}
+if ARGV[10] == '1' then
+  for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do table.insert(out, v) end
+end
+return out
 """
 
 
@@ -146,10 +160,10 @@ class Registry:
         pipe.zadd(d.USER_JOBS_KEY.format(user=record["user"]), {job_id: created})
         if record.get("job_name"):
             pipe.set(d.JOB_NAME_KEY.format(user=record["user"], name=record["job_name"]), job_id)
-        pipe.execute()
         from tasks.core import monitoring
 
-        monitoring.job_transition(self.r, job_id, d.QUEUED)
+        monitoring.count_entered(pipe, d.QUEUED, record.get("resource_class") or "")
+        pipe.execute()
         return record
 
     def get_job(self, job_id: str, user: str | None = None) -> dict[str, Any]:
@@ -182,6 +196,20 @@ class Registry:
         `require` = (field, value) must hold too; `unless_beating` refuses while a supervisor's
         heartbeat lives (a reaper's move, fenced by what it judged lost).
         """
+        return self._move(job_id, to, allowed=allowed, require=require, sub_status=sub_status,
+                          detail=detail, unless_beating=unless_beating, fields=fields) is not None
+
+    def claim(self, job_id: str, attempt: int, worker: str) -> dict[str, Any] | None:
+        """Take a QUEUED job's `attempt` for `worker`: INITIALIZING, with its first heartbeat,
+        in one call; the job record as it now stands, or None when it is not to be run."""
+        return self._move(job_id, d.INITIALIZING, allowed=[d.QUEUED],
+                          require=("attempt", str(attempt)), beat=worker, whole=True,
+                          fields={"worker": worker})
+
+    def _move(self, job_id: str, to: str, *, allowed: Iterable[str],
+              require: tuple[str, str] | None, sub_status: str | None = None,
+              detail: str | None = None, unless_beating: bool = False, beat: str = "",
+              whole: bool = False, fields: dict[str, Any]) -> dict[str, Any] | None:
         at = now()
         event: dict[str, Any] = {"status": to, "at": at}
         if sub_status:
@@ -191,24 +219,29 @@ class Registry:
         fields["sub_status"] = sub_status or ""
         args: list[Any] = [to, ",".join(allowed), json.dumps(event), at,
                            require[0] if require else "", require[1] if require else "",
-                           "1" if unless_beating else ""]
+                           "1" if unless_beating else "", beat,
+                           int(d.HEARTBEAT_TTL_S * 1000), "1" if whole else ""]
         for k, v in flat_record(fields).items():
             args += [k, v]
         keys = [d.JOB_KEY.format(job_id=job_id), d.JOB_EVENTS_KEY.format(job_id=job_id),
-                d.ACTIVE_JOBS_KEY, d.JOB_HEARTBEAT_KEY.format(job_id=job_id), d.SENT_JOBS_KEY]
+                d.ACTIVE_JOBS_KEY, d.JOB_HEARTBEAT_KEY.format(job_id=job_id), d.SENT_JOBS_KEY,
+                d.JOB_CHANGED_CHANNEL.format(job_id=job_id)]
         moved = self._transition(keys=keys, args=args)
         if moved == -1:
             raise NotFound(f"no job {job_id!r}")
-        if moved:
-            self.publish(job_id, "status")
-            from tasks.core import monitoring
+        if not moved:
+            return None
+        created, started, ended, rc, sub, device = moved[1:7]
+        from tasks.core import monitoring
 
-            monitoring.job_transition(self.r, job_id, to)
-            if to in d.TERMINAL_STATUSES:
-                # However a job ends, what acts on it does (its device goes to the next job,
-                # its queued quantum tasks are canceled: tasks.devices.reservations)
-                signals.job_ended.send(sender=self, job_id=job_id)
-        return bool(moved)
+        monitoring.job_transition(self.r, to, rc, created=created, started=started,
+                                  ended=ended, sub_status=sub)
+        if to in d.TERMINAL_STATUSES:
+            # However a job ends, what acts on it does (its device goes to the next job,
+            # its queued quantum tasks are canceled: tasks.devices.reservations)
+            signals.job_ended.send(sender=self, job_id=job_id, device=device)
+        rest = moved[7:]
+        return unflat_record(dict(zip(rest[::2], rest[1::2], strict=True)))
 
     def set_sub_status(self, job_id: str, sub_status: str) -> bool:
         """A sub-status while RUNNING (`RUNNING: MAPPING`); an event like any transition."""

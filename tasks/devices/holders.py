@@ -63,11 +63,11 @@ def start_job(registry: Registry, celery: Celery, job: dict[str, Any], hold: boo
 
 
 @signals.job_ended.connect(dispatch_uid="qhybrid.devices.job_ended")
-def _on_job_ended(sender: Registry, job_id: str, **_: Any) -> None:
-    job_ended(sender, job_id)
+def _on_job_ended(sender: Registry, job_id: str, device: str | None = None, **_: Any) -> None:
+    job_ended(sender, job_id, device)
 
 
-def job_ended(registry: Registry, job_id: str) -> None:
+def job_ended(registry: Registry, job_id: str, device: str | None = None) -> None:
     """A job reached a terminal status: cancel its queued quantum tasks, free its device.
 
     Run by `Registry.transition` (tasks.core.signals.job_ended); it never raises (`repair`
@@ -77,7 +77,8 @@ def job_ended(registry: Registry, job_id: str) -> None:
         from tasks.devices.quantum_tasks import QuantumTasks
 
         QuantumTasks(registry.r).cancel_queued_for_job(None, job_id)
-        device = registry.job_field(job_id, "device")
+        if device is None:
+            device = registry.job_field(job_id, "device")
         if device:
             granted = release(registry.r, device, job_id)
             if granted:

@@ -93,12 +93,9 @@ def run_job(job_id: str, attempt: int) -> None:
     services = from_env()
     reg = services.registry
     worker = worker_name()
-    claimed = reg.transition(job_id, d.INITIALIZING, allowed=[d.QUEUED],
-                             require=("attempt", str(attempt)), worker=worker)
-    if not claimed:
+    job = reg.claim(job_id, attempt, worker)
+    if job is None:
         return
-    reg.heartbeat(job_id, worker)
-    job = reg.get_job(job_id)
     rc = services.classes.get(job.get("resource_class") or "")
     if rc is None:
         reg.transition(job_id, d.ERROR, allowed=[d.INITIALIZING], ended=time.time(),

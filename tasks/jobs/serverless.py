@@ -13,6 +13,7 @@ in their place is never followed when the supervisor reads them back.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,10 +41,7 @@ def prepare(sup: Supervisor, ext: ServerlessExtension) -> dict[str, str]:
     """Write the arguments, fill DATA_PATH with the user's files; the variables to set."""
     job = sup.job
     args = sup.job_dir / ARGUMENTS_FILE
-    if sup.store.exists(keys.job_arguments(sup.prefix)):
-        sup.store.download_file(keys.job_arguments(sup.prefix), args)
-    else:
-        args.write_text("{}")
+    shutil.copyfile(sup.arguments_file, args)     # as the supervisor fetched them
     data = sup.job_dir / DATA_DIR       # made by the supervisor, shown at /data too
     data.mkdir(exist_ok=True)
     files = DataFiles(sup.store, sup.registry, sup.settings)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from qhybrid.errors import InvalidInput, PayloadTooLarge
+from qhybrid.errors import InvalidInput, NotFound, PayloadTooLarge
 from qhybrid.resources import ResourceClass
 from storage import keys
 from storage.store import ObjectStore
@@ -70,6 +70,7 @@ class Supervisor:
         self.results_dir = self.job_dir / "results"
         self.data_dir = self.job_dir / "data"      # the user's files (DATA_PATH), if asked for
         self.log_path = self.job_dir / "output.log"
+        self.arguments_file = self.job_dir / "arguments.json"   # a program job's (prepare)
         self.error_path = self.job_dir / "error.txt"
         # A Unix socket path may be at most 107 bytes: keep it short, in a private directory.
         self._socket_dir = place.socket_dir if place else Path(tempfile.mkdtemp(prefix="qh-"))
@@ -117,7 +118,7 @@ class Supervisor:
 
     # --- the run ---------------------------------------------------------------------------
     def run(self) -> None:
-        self.registry.heartbeat(self.job_id, self.worker)
+        # the claim (Registry.claim) gave the job its first heartbeat
         # a rerun: what the earlier attempts wrote, and the marker where this one starts
         # (tasks.jobs.run.requeue_job), stay at the head of the log the job keeps
         if int(self.job.get("attempt") or 1) > 1:
@@ -190,10 +191,10 @@ class Supervisor:
         with self.store.open(keys.job_script(self.prefix)) as fh:
             safe_extract(fh, src, max_bytes=self.settings.tar_max_bytes,
                          max_members=self.settings.tar_max_members)
-        args_file = self.job_dir / "arguments.json"
-        if self.store.exists(keys.job_arguments(self.prefix)):
+        args_file = self.arguments_file
+        try:
             self.store.download_file(keys.job_arguments(self.prefix), args_file)
-        else:
+        except NotFound:
             args_file.write_text("{}")
         self._source_snapshot = _snapshot(src)
         entry = (src / self.job["entrypoint"]).resolve()
