@@ -109,7 +109,8 @@ def run_job(job_id: str, attempt: int) -> None:
                           cpus=_cpus_for(rc.threads()), stopping=_stop,
                           requeue=lambda reason: requeue_job(services, celery, job_id, reason,
                                                              attempt),
-                          extensions=EXTENSIONS, place=place).run()
+                          extensions=EXTENSIONS, place=place,
+                          tidy=_ready.later if _ready is not None else None).run()
 
 
 def requeue_job(services: Services, celery: Celery, job_id: str, reason: str,

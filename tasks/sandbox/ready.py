@@ -10,6 +10,10 @@ Taking one costs nothing on the job's path; a thread makes its replacement meanw
 A place serves exactly one job and is closed with it, as a sandbox made for the job would
 be: nothing a job leaves behind reaches another. A job whose sandbox must show more (its
 `dependencies`) gets a sandbox made for it instead.
+
+The same thread also removes what an ended job leaves (its emptied cgroup, its
+directories), so that the job's slot is free for the next one as soon as its end is
+recorded; nothing of the job runs by then.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +72,8 @@ def make_place(work_dir: Path, rc: ResourceClass) -> Place:
 
 
 class ReadyPlaces:
-    """The ready places of one worker process, by resource class, refilled by one thread."""
+    """The ready places of one worker process, by resource class, refilled by one thread
+    (which also does the removals ended jobs leave, `later`)."""
 
     def __init__(self, work_dir: Path) -> None:
         self.work_dir = work_dir
@@ -77,6 +83,7 @@ class ReadyPlaces:
         self._wake = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._later: list[Callable[[], None]] = []
 
     def keep(self, rc: ResourceClass, count: int) -> None:
         """Have `count` places of `rc` ready from now on (made in the background)."""
@@ -89,6 +96,16 @@ class ReadyPlaces:
                                                 daemon=True)
                 self._thread.start()
         self._wake.set()
+
+    def later(self, removal: Callable[[], None]) -> None:
+        """Run `removal` (what an ended job leaves: its cgroup, its directories) on this
+        thread, before the next place is made; at once when the worker is ending."""
+        with self._lock:
+            if not self._closed:
+                self._later.append(removal)
+                self._wake.set()
+                return
+        _run(removal)
 
     def take(self, rc: ResourceClass) -> Place | None:
         """A ready place of `rc`, or None (none is ready yet: the job makes its own)."""
@@ -114,14 +131,23 @@ class ReadyPlaces:
                     return rc
         return None
 
+    def _tidy(self) -> None:
+        with self._lock:
+            removals, self._later = self._later, []
+        for removal in removals:
+            _run(removal)
+
     def _fill(self) -> None:
         failures = 0
         while not self._closed:
+            self._tidy()
             rc = self._missing()
             if rc is None:
                 self._wake.wait()
                 self._wake.clear()
                 continue
+            if self._later:
+                continue        # an ended job's removals first: they free what it held
             try:
                 warm_parent()
                 place = make_place(self.work_dir, rc)
@@ -141,7 +167,7 @@ class ReadyPlaces:
                 self._places.setdefault(rc.name, []).append(place)
 
     def close(self) -> None:
-        """Close every place not taken (at the worker's end)."""
+        """Close every place not taken and finish the removals due (at the worker's end)."""
         with self._lock:
             self._closed = True
             places = [p for ps in self._places.values() for p in ps]
@@ -149,6 +175,14 @@ class ReadyPlaces:
         self._wake.set()
         for place in places:
             place.discard()
+        self._tidy()
+
+
+def _run(removal: Callable[[], None]) -> None:
+    try:
+        removal()
+    except Exception:
+        log.exception("removing what an ended job left failed")
 
 
 __all__ = ["Place", "ReadyPlaces", "make_place"]

@@ -47,8 +47,10 @@ class Supervisor:
                  cpus: list[int] | None = None, stopping: threading.Event | None = None,
                  requeue: Callable[[str], object] | None = None,
                  extensions: Sequence[type[JobExtension]] = (),
-                 place: Place | None = None) -> None:
+                 place: Place | None = None,
+                 tidy: Callable[[Callable[[], None]], object] | None = None) -> None:
         self.job = job
+        self.tidy = tidy        # runs the removals after the job's end, off its slot
         # Set when the worker shuts down: the child is stopped and the job handed to `requeue`
         # (run again elsewhere) instead of ending in ERROR.
         self.stopping = stopping
@@ -374,6 +376,14 @@ class Supervisor:
             self.registry.transition(self.job_id, d.CANCELED, allowed=[d.CANCELING],
                                      require=attempt, **fields)
         self.registry.expire_log(self.job_id)
+        # Nothing of the job runs any more (watch killed it before its end was recorded):
+        # what is left is removing its cgroup and directories, which need not hold its slot.
+        if self.tidy is not None:
+            self.tidy(self._tidy_up)
+        else:
+            self._tidy_up()
+
+    def _tidy_up(self) -> None:
         if self.sandbox is not None:
             self.sandbox.close()
         if self.environment is not None:
