@@ -122,14 +122,17 @@ def _atomic_write(path: Path, stream: BinaryIO, durable: bool = True) -> int:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    if not durable:
-        return written
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    if durable:
+        _fsync_dir(path.parent)     # make the rename itself durable
+    return written
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return written
 
 
 class ObjectStore(ABC):
@@ -283,8 +286,30 @@ class LocalStore(ObjectStore):
         return iter(found)
 
     def copy(self, src_key: str, dst_key: str) -> None:
-        with self.open(src_key) as src:
-            self.put_stream(dst_key, src)
+        """A hard link, where the file system allows: an object's file is never written in
+        place (a put replaces it with a new file), so both keys keep their own contents."""
+        src, dst = self._path(src_key), self._path(dst_key)
+        if not src.is_file():
+            raise NotFound(f"no object {src_key!r}")
+        fd, tmp = _mkstemp_near(dst)
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+            os.link(src, tmp)
+        except FileNotFoundError as exc:
+            raise NotFound(f"no object {src_key!r}") from exc
+        except OSError:         # no links here (another file system, a FAT volume...)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            with self.open(src_key) as stream:
+                self.put_stream(dst_key, stream)
+            return
+        try:
+            os.replace(tmp, dst)
+        except (NotADirectoryError, FileExistsError, IsADirectoryError) as exc:
+            os.unlink(tmp)
+            raise Conflict(f"key {dst_key!r} clashes with an object or prefix already stored") from exc
+        _fsync_dir(dst.parent)      # the source's contents are durable already: the new name
 
     def presigned_url(self, key: str, expires_s: int = 300) -> str | None:
         validate_key(key)

@@ -139,6 +139,21 @@ def test_failed_stream_leaves_old_object_and_nothing_new(
         assert not client.list_multipart_uploads(Bucket=BUCKET).get("Uploads")
 
 
+def test_a_copy_keeps_its_contents_whatever_happens_to_the_original(store: ObjectStore) -> None:
+    # given an object and a copy of it (a job's snapshot of its program)
+    store.put_bytes("users/u/programs/p/source.tar", b"version 1")
+    store.copy("users/u/programs/p/source.tar", "users/u/jobs/j/script.tar")
+    # when the original is replaced, then deleted
+    store.put_bytes("users/u/programs/p/source.tar", b"version 2")
+    assert store.get_bytes("users/u/jobs/j/script.tar") == b"version 1"
+    store.delete("users/u/programs/p/source.tar")
+    # then the copy still holds what was copied, and a copy of nothing is NotFound
+    assert store.get_bytes("users/u/jobs/j/script.tar") == b"version 1"
+    with pytest.raises(NotFound):
+        store.copy("users/u/programs/p/source.tar", "users/u/jobs/k/script.tar")
+    assert not store.exists("users/u/jobs/k/script.tar")
+
+
 def test_list_sorted_relative_and_prefix_delete(store: ObjectStore) -> None:
     for key in ("b/2", "a/z", "a-b", "a/b/c", "ab", "a/a"):
         store.put_bytes(key, key.encode())
