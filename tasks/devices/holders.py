@@ -99,7 +99,17 @@ def repair(services: Services, celery: Celery) -> None:
     registry = services.registry
     r = registry.r
     now = time.time()
-    for name in device_registry(services.settings).names():
+    names = device_registry(services.settings).names()
+    # One read for every device first: one nobody holds and nobody waits for needs nothing,
+    # and a service has many such devices (a tick must not cost a call per device).
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.exists(d.DEVICE_HOLDER_KEY.format(device=name))
+        pipe.zcard(d.DEVICE_WAITING_KEY.format(device=name))
+    found = pipe.execute() if names else []
+    for i, name in enumerate(names):
+        if not found[2 * i] and not found[2 * i + 1]:
+            continue
         end_jobs_of_closed_windows(registry, name, now)
         current = holder(r, name)
         if current is not None:
