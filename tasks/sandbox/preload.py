@@ -11,3 +11,4 @@ from qiskit.transpiler import generate_preset_pass_manager  # noqa: F401
 import qhybrid  # noqa: F401
 import qhybrid.codec  # noqa: F401
 import tasks.sandbox.child  # noqa: F401
+import tasks.sandbox.serverless_codec  # noqa: F401 - every job's end may convert its result
