@@ -98,3 +98,24 @@ def test_the_server_extra_has_everything_the_service_and_its_jobs_import() -> No
         if names and not names & pinned:
             missing[root] = sorted(names)
     assert not missing, f"imported by the service, not in the server extra: {missing}"
+
+
+def _exported(*extras: str) -> set[str]:
+    """The distribution names uv.lock pins for these extras (as `uv export` lists them)."""
+    uv = ROOT / ".tools" / "bin" / "uv"
+    if not uv.exists():
+        pytest.skip("uv is installed by scripts/test; run through it")
+    args = [a for extra in extras for a in ("--extra", extra)]
+    out = subprocess.run([str(uv), "export", "--frozen", "--no-hashes", "--no-emit-project",
+                          *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    return {re.split(r"[=<>;\s\[]", line, maxsplit=1)[0].lower()
+            for line in out.splitlines() if line and not line.startswith(("#", " "))}
+
+
+def test_ray_comes_with_the_bench_extra_only() -> None:
+    """benchmarks/fanout.py measures Ray beside us; the service and its jobs never install it."""
+    assert "ray" in _exported("bench")
+    assert "ray" not in _exported("server")
+    assert "ray" not in _exported("server", "monitor", "test")
+    assert "ray" not in _imported_roots("app", "tasks", "backends", "storage", "qhybrid")
