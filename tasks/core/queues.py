@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 RUN_JOB_TASK = "qhybrid.run_job"
 RUN_QUANTUM_TASK = "qhybrid.run_quantum_task"
-RUN_TASK = "qhybrid.run_task"              # a distributed task (part of a group)
+RUN_TASK = "qhybrid.run_task"              # one distributed task (sent again after a loss)
+RUN_TASKS = "qhybrid.run_tasks"            # many: a batch's group of messages, each naming a chunk
 RUN_MAP_TASK = "qhybrid.run_map_task"      # a map task of a map_reduce chord (result kept)
 REDUCE_TASK = "qhybrid.reduce_task"        # the chord body: the reduce of a map_reduce
 

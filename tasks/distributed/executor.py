@@ -71,8 +71,11 @@ class Executor:
         # Unix socket paths are short (107 bytes): they live in a private temporary directory.
         self._sock_dir = Path(tempfile.mkdtemp(prefix="qh-x"))
         # The channel serves the running task's calls (nested tasks, put, get ...) through
-        # `session`, which the worker sets for the time a task runs.
+        # `session`, made at the task's first call from what the worker set for the time the
+        # task runs (most tasks make none: a session per task would cost more than they do).
         self.session: Any = None
+        self._session_factory: Callable[[], Any] | None = None
+        self._session_lock = threading.Lock()
         ops: dict[str, Handler] = {name: functools.partial(self._dispatch, name)
                                    for name in op_names}
         self.channel = ChannelServer(self._sock_dir / "s", ops).start()
@@ -137,10 +140,24 @@ class Executor:
 
     def _dispatch(self, _op: str, **args: Any) -> Any:
         # `_op`, not `name`: an operation's own arguments may be called name (device_info)
-        session = self.session
+        with self._session_lock:
+            if self.session is None and self._session_factory is not None:
+                self.session = self._session_factory()
+            session = self.session
         if session is None:
             raise Conflict(f"{_op}: no task of this job is running in this process now")
         return session.ops()[_op](**args)
+
+    def serve_task(self, session: Callable[[], Any]) -> None:
+        """The calls of the task about to run go to the session `session()` makes."""
+        with self._session_lock:
+            self.session, self._session_factory = None, session
+
+    def end_task(self) -> Any:
+        """The task ended: its calls are refused from now on. Its session, if it made one."""
+        with self._session_lock:
+            session, self.session, self._session_factory = self.session, None, None
+        return session
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.is_alive()

@@ -130,7 +130,8 @@ def expire_job_tasks(env: TaskEnv, job: dict[str, Any]) -> None:
     r.delete(index)
     for key in (d.JOB_TASKS_KEY, d.JOB_TASK_SEQ_KEY):
         r.expire(key.format(job_id=job_id), d.TASK_EXPIRY_S)
-    r.delete(d.JOB_QUEUED_TASKS_KEY.format(job_id=job_id))
+    r.delete(d.JOB_QUEUED_TASKS_KEY.format(job_id=job_id),
+             *[d.JOB_READY_TASKS_KEY.format(job_id=job_id, cls=c) for c in env.classes])
     try:
         env.store.delete_prefix(keys.job_task_blobs(job["prefix"]))
     except Exception as exc:

@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from qhybrid.errors import (
     InvalidInput,
@@ -66,19 +66,140 @@ redis.call('SET', KEYS[1] .. ':heartbeat', ARGV[1], 'EX', ARGV[4])
 return {'CLAIMED'}
 """
 
-_FINISH = """
--- KEYS: task ; ARGV: run token, status, now, cpu seconds, error, error type, result location
-if redis.call('HGET', KEYS[1], 'status') ~= 'RUNNING' or
-   redis.call('HGET', KEYS[1], 'run') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'ended', ARGV[3], 'cpu', ARGV[4],
-           'error', ARGV[5], 'error_type', ARGV[6], 'result', ARGV[7])
-local stage = redis.call('HGET', KEYS[1], 'stage')
-redis.call('HINCRBYFLOAT', redis.call('HGET', KEYS[1], 'usage_key'), stage .. '|CPU_TIME', ARGV[4])
-local inbox = redis.call('HGET', KEYS[1], 'inbox')
-redis.call('RPUSH', inbox, redis.call('HGET', KEYS[1], 'id') .. ' ' .. ARGV[2])
-redis.call('EXPIRE', inbox, 86400)
-redis.call('DEL', KEYS[1] .. ':heartbeat')
+_ADD_MANY = """
+-- ARGV[1]: JSON {common = the fields every record of the batch has, tasks = {{key, id, seq,
+-- fields}...}, index = the job's task index, queued_key, queued = {class = count},
+-- ready = {list = {task keys}}}; ARGV[1 + i]: the i-th task's arguments ('' for none).
+-- Writes the batch's records, or nothing (0) if one of them exists already.
+local b = cjson.decode(ARGV[1])
+for _, t in ipairs(b.tasks) do
+  if redis.call('EXISTS', t.key) == 1 then return 0 end
+end
+local common = {}
+for k, v in pairs(b.common) do
+  common[#common + 1] = k
+  common[#common + 1] = v
+end
+for i, t in ipairs(b.tasks) do
+  local args = {unpack(common)}
+  for k, v in pairs(t.fields) do
+    args[#args + 1] = k
+    args[#args + 1] = v
+  end
+  redis.call('HSET', t.key, unpack(args))
+  if ARGV[i + 1] ~= '' then redis.call('SET', t.key .. ':payload', ARGV[i + 1]) end
+  redis.call('ZADD', b.index, t.seq, t.id)
+end
+for cls, n in pairs(b.queued) do redis.call('HINCRBY', b.queued_key, cls, n) end
+for key, items in pairs(b.ready) do
+  for start = 1, #items, 1000 do
+    redis.call('RPUSH', key, unpack(items, start, math.min(start + 999, #items)))
+  end
+end
 return 1
+"""
+
+_CLAIM_MANY = """
+-- KEYS: the tasks a message names ; ARGV: worker, run token, now, heartbeat ttl, how many,
+-- ready list ('' finds it in the named tasks' records, '-' leaves it alone).
+-- Claims up to that many QUEUED tasks: first from the job's ready list (what any worker may
+-- take), once it is empty the named ones. {ready list, 1 if there may be more, claimed}; each
+-- claimed one is {id, kind, fn, class, job, attempt, name, stage, maps, payload}.
+local want = tonumber(ARGV[5])
+local out, n = {}, 0
+local function claim(key)
+  if redis.call('HGET', key, 'status') ~= 'QUEUED' then return end
+  local f = redis.call('HMGET', key, 'job_key', 'class', 'queued_key', 'attempt', 'inbox', 'id')
+  local js = redis.call('HGET', f[1], 'status')
+  local att = redis.call('HGET', f[1], 'attempt') or '1'
+  redis.call('HINCRBY', f[3], f[2], -1)
+  if (js ~= 'RUNNING' and js ~= 'INITIALIZING') or att ~= f[4] then
+    redis.call('HSET', key, 'status', 'CANCELED', 'ended', ARGV[3],
+               'error', 'the job was no longer running when the task was due to start')
+    redis.call('RPUSH', f[5], f[6] .. ' CANCELED')
+    redis.call('EXPIRE', f[5], 86400)
+    return
+  end
+  redis.call('HSET', key, 'status', 'RUNNING', 'worker', ARGV[1], 'run', ARGV[2],
+             'started', ARGV[3])
+  redis.call('SET', key .. ':heartbeat', ARGV[1], 'EX', ARGV[4])
+  local rec = redis.call('HMGET', key, 'id', 'kind', 'fn', 'class', 'job', 'attempt', 'name',
+                         'stage', 'maps')
+  rec[10] = redis.call('GET', key .. ':payload')
+  table.insert(out, rec)
+  n = n + 1
+end
+local ready = ARGV[6]
+if ready == '' then
+  ready = '-'
+  for _, key in ipairs(KEYS) do
+    local found = redis.call('HGET', key, 'ready_key')
+    if found then ready = found break end
+  end
+end
+local more = 0
+if ready ~= '-' then
+  local pops = 0
+  while n < want do
+    if pops >= 1000 then more = 1 break end
+    local key = redis.call('LPOP', ready)
+    if not key then break end
+    pops = pops + 1
+    claim(key)
+  end
+  if n >= want then more = 1 end
+end
+if n == 0 and more == 0 then
+  for _, key in ipairs(KEYS) do
+    if n >= want then more = 1 break end
+    claim(key)
+  end
+end
+return {ready, more, out}
+"""
+
+_FINISH_MANY = """
+-- KEYS: tasks ; ARGV, 9 a task: run token, status, ended, started ('' keeps the claim's), cpu
+-- seconds, error, error type, result location, result (its bytes, or where storage has them).
+-- Each ends if it still runs with that token.
+local n = 0
+for i, key in ipairs(KEYS) do
+  local a = (i - 1) * 9
+  if redis.call('HGET', key, 'status') == 'RUNNING' and
+     redis.call('HGET', key, 'run') == ARGV[a + 1] then
+    if ARGV[a + 2] == 'DONE' then redis.call('SET', key .. ':result', ARGV[a + 9]) end
+    redis.call('HSET', key, 'status', ARGV[a + 2], 'ended', ARGV[a + 3], 'cpu', ARGV[a + 5],
+               'error', ARGV[a + 6], 'error_type', ARGV[a + 7], 'result', ARGV[a + 8])
+    if ARGV[a + 4] ~= '' then redis.call('HSET', key, 'started', ARGV[a + 4]) end
+    local f = redis.call('HMGET', key, 'stage', 'usage_key', 'inbox', 'id')
+    redis.call('HINCRBYFLOAT', f[2], f[1] .. '|CPU_TIME', ARGV[a + 5])
+    redis.call('RPUSH', f[3], f[4] .. ' ' .. ARGV[a + 2])
+    redis.call('EXPIRE', f[3], 86400)
+    redis.call('DEL', key .. ':heartbeat')
+    n = n + 1
+  end
+  redis.call('DEL', key .. ':payload')
+end
+return n
+"""
+
+_UNCLAIM = """
+-- KEYS: claimed tasks this worker will not run after all (it stops) ; ARGV: their run tokens.
+-- Queued again, at the head of their ready list; their ids are returned.
+local back = {}
+for i = #KEYS, 1, -1 do
+  local key = KEYS[i]
+  if redis.call('HGET', key, 'status') == 'RUNNING' and
+     redis.call('HGET', key, 'run') == ARGV[i] then
+    redis.call('HSET', key, 'status', 'QUEUED', 'worker', '', 'run', '')
+    redis.call('HINCRBY', redis.call('HGET', key, 'queued_key'), redis.call('HGET', key, 'class'), 1)
+    redis.call('DEL', key .. ':heartbeat')
+    local ready = redis.call('HGET', key, 'ready_key')
+    if ready then redis.call('LPUSH', ready, key) end
+    table.insert(back, redis.call('HGET', key, 'id'))
+  end
+end
+return back
 """
 
 _CANCEL = """
@@ -136,6 +257,25 @@ return 1
 """
 
 
+# what a claim returns of each task's record (then its arguments)
+_CLAIMED = ("id", "kind", "fn", "class", "job", "attempt", "name", "stage", "maps")
+
+
+class TaskEnd(NamedTuple):
+    """How one run of a task ended, to record."""
+
+    task_id: str
+    run: str
+    status: str
+    cpu: float = 0.0
+    error: str = ""
+    error_type: str = ""
+    location: str = ""          # of the result: "redis" or "storage"
+    value: bytes = b""          # the result's Redis value (Blobs.value)
+    started: float | None = None    # in the executor (None: the claim's time stands)
+    ended: float | None = None      # None: now
+
+
 def task_key(task_id: str) -> str:
     return d.TASK_KEY.format(task_id=task_id)
 
@@ -165,12 +305,15 @@ class Blobs:
         target = pipe if pipe is not None else self.raw
         if index:
             target.sadd(index, rkey)
+        target.set(rkey, self.value(prefix, name, data), nx=nx)
+
+    def value(self, prefix: str, name: str, data: bytes) -> bytes:
+        """What Redis keeps for `data`: the bytes, or where storage has them (stored now)."""
         if len(data) <= d.TASK_INLINE_BYTES:
-            target.set(rkey, data, nx=nx)
-            return
+            return data
         skey = keys.job_task_blob(prefix, name)
         self.store.put_bytes(skey, data)
-        target.set(rkey, STORE_MARK + skey.encode(), nx=nx)
+        return STORE_MARK + skey.encode()
 
     def resolve(self, value: bytes | None) -> bytes | None:
         if value is None:
@@ -192,7 +335,10 @@ class TaskRegistry:
         self.r = registry.r
         self.raw = registry.raw
         self._claim = self.r.register_script(_CLAIM)
-        self._finish = self.r.register_script(_FINISH)
+        self._claim_many = self.raw.register_script(_CLAIM_MANY)
+        self._add_many = self.raw.register_script(_ADD_MANY)
+        self._finish = self.r.register_script(_FINISH_MANY)
+        self._unclaim = self.r.register_script(_UNCLAIM)
         self._cancel = self.r.register_script(_CANCEL)
         self._force = self.r.register_script(_FORCE_CANCEL)
         self._requeue = self.r.register_script(_REQUEUE)
@@ -215,11 +361,55 @@ class TaskRegistry:
         rec["payload"] = payload
         return status, rec
 
-    def finish(self, task_id: str, run: str, status: str, cpu: float, error: str = "",
-               error_type: str = "", result: str = "", pipe: Any = None) -> Any:
-        return self._finish(keys=[task_key(task_id)],
-                            args=[run, status, timestamp(), f"{cpu:.6f}", error[-20000:], error_type,
-                                  result], client=pipe)
+    def add_many(self, batch: dict[str, Any], payloads: list[bytes]) -> bool:
+        """Write a batch of new task records in one call (see _ADD_MANY for `batch`); False,
+        writing nothing, if one of them exists already."""
+        return bool(self._add_many(keys=[], args=[json.dumps(batch), *payloads]))
+
+    def claim_many(self, ids: list[str], worker: str, run: str, want: int,
+                   ready: str) -> tuple[str, bool, list[dict[str, Any]]]:
+        """Claim up to `want` tasks: queued ones of the job's ready list `ready` ('' finds it
+        from `ids`, '-' leaves it alone), once it is empty those of `ids`.
+
+        (the ready list, whether there may be more, the claimed records with their
+        arguments as record["payload"]), in one round trip.
+        """
+        found_ready, more, claimed = self._claim_many(
+            keys=[task_key(i) for i in ids],
+            args=[worker, run, timestamp(), d.TASK_HEARTBEAT_TTL_S, want, ready])
+        recs = []
+        for row in claimed:
+            rec: dict[str, Any] = {name: (v.decode() if v is not None else None)
+                                   for name, v in zip(_CLAIMED, row, strict=False)}
+            rec["payload"] = row[9] if len(row) > 9 else None
+            rec["maps"] = json.loads(rec["maps"]) if rec.get("maps") else None
+            rec["run"] = run
+            recs.append(rec)
+        return found_ready.decode(), bool(more), recs
+
+    def finish_many(self, ends: list[TaskEnd]) -> int:
+        """Record how tasks ended, each only if it still runs with its run token, in one
+        call; their arguments go. The executor's start time replaces the claim's when given."""
+        args: list[Any] = []
+        for e in ends:
+            args += [e.run, e.status, e.ended or timestamp(), e.started or "", f"{e.cpu:.6f}",
+                     e.error[-20000:], e.error_type, e.location, e.value]
+        return int(self._finish(keys=[task_key(e.task_id) for e in ends], args=args))
+
+    def unclaim(self, claimed: list[tuple[str, str]]) -> list[str]:
+        """Claimed (task id, run token)s this worker will not run: queued again."""
+        if not claimed:
+            return []
+        back = self._unclaim(keys=[task_key(t) for t, _ in claimed],
+                             args=[run for _, run in claimed])
+        return [str(t) for t in back]
+
+    def heartbeats(self, ids: list[str], worker: str) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.set(d.TASK_HEARTBEAT_KEY.format(task_id=task_id), worker,
+                     ex=d.TASK_HEARTBEAT_TTL_S)
+        pipe.execute()
 
     def requeue(self, task_id: str, run: str) -> int:
         return int(self._requeue(keys=[task_key(task_id)],

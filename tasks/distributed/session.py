@@ -36,7 +36,7 @@ from qhybrid.errors import (
 )
 from qhybrid.resources import pick_class
 from tasks.core import defaults as d
-from tasks.core.queues import REDUCE_TASK, RUN_MAP_TASK, RUN_TASK, tasks_queue
+from tasks.core.queues import REDUCE_TASK, RUN_MAP_TASK, RUN_TASK, RUN_TASKS, tasks_queue
 from tasks.distributed.records import (
     DIGEST,
     KINDS,
@@ -290,49 +290,61 @@ class TaskSession:
     def _check_new(self, ids: list[str]) -> None:
         if len(set(ids)) != len(ids):
             raise InvalidInput("task ids repeat within the batch", field="tasks")
-        pipe = self.env.registry.r.pipeline(transaction=False)
-        for task_id in ids:
-            pipe.exists(task_key(task_id))
-        if any(pipe.execute()):
-            raise Conflict("a task with one of these ids exists already")
+        # ids that exist already: _write refuses the batch (in the same call that writes it)
 
     def _write(self, entries: list[dict[str, Any]], batch: str) -> None:
+        """The batch's records, arguments, index entries and ready lists, in one call."""
         r = self.env.registry.r
-        seq_end = int(r.incrby(d.JOB_TASK_SEQ_KEY.format(job_id=self.job_id), len(entries)))
-        seq = seq_end - len(entries)
-        now = timestamp()
-        stage = self.stage()
+        seq = int(r.incrby(d.JOB_TASK_SEQ_KEY.format(job_id=self.job_id), len(entries))) \
+            - len(entries)
+        common = {
+            "job": self.job_id, "attempt": self.attempt, "owner": self.owner,
+            "parent": self.parent_task, "status": d.QUEUED, "created": str(timestamp()),
+            "stage": self.stage(), "inbox": self.inbox,
+            "job_key": d.JOB_KEY.format(job_id=self.job_id),
+            "queued_key": d.JOB_QUEUED_TASKS_KEY.format(job_id=self.job_id),
+            "usage_key": d.JOB_USAGE_KEY.format(job_id=self.job_id),
+        }
+        tasks: list[dict[str, Any]] = []
+        payloads: list[bytes] = []
         queued: dict[str, int] = {}
-        pipe = self.env.registry.raw.pipeline(transaction=False)
         for e in entries:
             seq += 1
-            record = {
-                "id": e["id"], "job": self.job_id, "attempt": self.attempt,
-                "owner": self.owner, "parent": self.parent_task, "kind": e["kind"],
-                "name": e["name"], "fn": e["fn"], "class": e["class"],
-                "queue": tasks_queue(e["class"]), "status": d.QUEUED, "created": now,
-                "stage": stage, "seq": seq, "chord": e.get("chord", ""),
+            fields = {
+                "id": e["id"], "kind": e["kind"], "name": e["name"], "fn": e["fn"],
+                "class": e["class"], "queue": tasks_queue(e["class"]), "seq": str(seq),
+                "chord": e.get("chord", ""),
                 # the Celery group it was sent in; for map_reduce, the chord (its reduce's id)
                 "group": batch if e["kind"] == TASK else (e.get("chord") or e["id"]),
-                "inbox": self.inbox, "job_key": d.JOB_KEY.format(job_id=self.job_id),
-                "queued_key": d.JOB_QUEUED_TASKS_KEY.format(job_id=self.job_id),
-                "usage_key": d.JOB_USAGE_KEY.format(job_id=self.job_id),
             }
+            if e["kind"] == TASK:       # any worker of the class takes it from the job's list
+                fields["ready_key"] = d.JOB_READY_TASKS_KEY.format(job_id=self.job_id,
+                                                                   cls=e["class"])
             if e["kind"] == REDUCE:
-                record["maps"] = json.dumps(e["maps"])
+                fields["maps"] = json.dumps(e["maps"])
+                payloads.append(b"")
             else:
-                self.env.blobs.put(d.TASK_PAYLOAD_KEY.format(task_id=e["id"]), self.prefix,
-                                   f"args-{e['id']}", e["args"], pipe=pipe)
-            pipe.hset(task_key(e["id"]), mapping={k: str(v) for k, v in record.items()})
-            pipe.zadd(d.JOB_TASKS_KEY.format(job_id=self.job_id), {e["id"]: seq})
+                payloads.append(self.env.blobs.value(self.prefix, f"args-{e['id']}", e["args"]))
+            tasks.append({"key": task_key(e["id"]), "id": e["id"], "seq": seq, "fields": fields})
             queued[e["class"]] = queued.get(e["class"], 0) + 1
-        for cls, n in queued.items():
-            pipe.hincrby(d.JOB_QUEUED_TASKS_KEY.format(job_id=self.job_id), cls, n)
-        pipe.execute()
+        ready = {d.JOB_READY_TASKS_KEY.format(job_id=self.job_id, cls=cls): [task_key(i) for i in ids]
+                 for cls, ids in _plain_by_class(entries).items()}
+        written = self.env.tasks.add_many(
+            {"common": common, "tasks": tasks, "index": d.JOB_TASKS_KEY.format(job_id=self.job_id),
+             "queued_key": d.JOB_QUEUED_TASKS_KEY.format(job_id=self.job_id), "queued": queued,
+             "ready": ready}, payloads)
+        if not written:
+            raise Conflict("a task with one of these ids exists already")
         self.owned.update(e["id"] for e in entries)
 
     def _send(self, entries: list[dict[str, Any]], batch: str) -> None:
-        """One Celery group for the plain calls; one chord per map_reduce. Ids only."""
+        """One Celery group for the plain calls; one chord per map_reduce. Ids only.
+
+        A message per tiny task would cost more than the task: the group's messages each name
+        a chunk of the plain calls, and a worker that takes one also claims, a few at a time,
+        whatever of the job waits in the class's ready list, so the first workers to wake
+        share the whole batch and the other messages find their tasks taken.
+        """
         from celery import chord, group
 
         app = celery_app()
@@ -341,7 +353,14 @@ class TaskSession:
             return app.signature(name, args=[e["id"]], queue=tasks_queue(e["class"]),
                                  task_id=e["id"], immutable=True)
 
-        plain = [sig(RUN_TASK, e) for e in entries if e["kind"] == TASK]
+        plain = []
+        for cls, ids in _plain_by_class(entries).items():
+            messages = min(len(ids), max(-(-len(ids) // d.TASK_MESSAGE_IDS), d.TASK_MESSAGES_MIN))
+            size = -(-len(ids) // messages)
+            # the message is named after its first task: revoking canceled tasks drops it
+            plain += [app.signature(RUN_TASKS, args=[ids[i:i + size]], queue=tasks_queue(cls),
+                                    task_id=ids[i], immutable=True)
+                      for i in range(0, len(ids), size)]
         if plain:
             group(plain).apply_async(task_id=batch)
         by_id = {e["id"]: e for e in entries}
@@ -564,6 +583,15 @@ class TaskSession:
         with os.fdopen(fd, "wb") as fh:
             fh.write(blob)
         return {"path": str(self.spool / name)}
+
+
+def _plain_by_class(entries: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The ids of a batch's plain calls (not map_reduce), by resource class, in call order."""
+    out: dict[str, list[str]] = {}
+    for e in entries:
+        if e["kind"] == TASK:
+            out.setdefault(e["class"], []).append(e["id"])
+    return out
 
 
 # --- a job's side: its supervisor's operations and the end of its tasks --------------------

@@ -30,7 +30,7 @@ from qhybrid.errors import (
 )
 from qhybrid.resources import ResourceClass
 from tasks.core import defaults as d
-from tasks.core.queues import REDUCE_TASK, RUN_MAP_TASK, RUN_TASK, tasks_queue
+from tasks.core.queues import REDUCE_TASK, RUN_MAP_TASK, RUN_TASK, RUN_TASKS, tasks_queue
 from tasks.distributed.records import REDUCE, TERMINAL, TaskEnv, celery_app
 from tasks.distributed.session import TASK_OPS, TaskSession
 
@@ -74,6 +74,28 @@ class TaskWorker:
                 status = str(self.env.tasks.fields([task_id], "status")[0][0] or "MISSING")
         return status
 
+    def handle_many(self, ids: list[str]) -> None:
+        """A message naming a chunk of a batch: its job's ready tasks of the class, claimed a
+        few at a time while there are any (for TASK_DRAIN_S at most), then what is left of
+        the chunk. Messages whose tasks others took end at once."""
+        from tasks.distributed.runner import TaskRunner
+
+        runner = TaskRunner(self)
+        ready = ""
+        deadline = time.monotonic() + d.TASK_DRAIN_S
+        try:
+            while not self._stop.is_set():
+                if ready and time.monotonic() >= deadline:
+                    ready = "-"         # long enough: the job's other messages take the rest
+                ready, more, recs = self.env.tasks.claim_many(ids, self.name, uuid.uuid4().hex,
+                                                              runner.ahead(), ready)
+                if recs:
+                    runner.run(recs)
+                elif not more:
+                    break
+        finally:
+            runner.close()
+
     def _maps_ended(self, task_id: str) -> bool:
         maps = self.env.tasks.fields([task_id], "maps")[0][0]
         mids = json.loads(maps or "[]")
@@ -81,133 +103,19 @@ class TaskWorker:
 
     def execute(self, rec: dict[str, Any], run: str, cpus: list[int] | None = None) -> str:
         """Run a claimed task in an executor of its job; record how it ended."""
-        from tasks.distributed.executor import ExecutorLost
+        from tasks.distributed.runner import TaskRunner
 
-        task_id: str = rec["id"]
-        status, error, etype, cpu, result = d.ERROR, "", "", 0.0, b""
-        fds: list[int] = []
-        ex: Executor | None = None
-        healthy = True
-        session: TaskSession | None = None
+        runner = TaskRunner(self, cpus)
         try:
-            # the attempt the task belongs to (claimed only if still the job's current one),
-            # never the cached record's: a job run again must not reuse its old code and
-            # executors
-            job = {**self.job(rec["job"]), "attempt": rec.get("attempt") or "1"}
-            rc = self.env.classes.get(rec["class"])
-            if rc is None:
-                raise QhybridError(f"resource class {rec['class']!r} is not configured here")
-            if cpus is None:
-                cpus, fds = self.slots.acquire(rc.threads())
-            ex = self.pool.acquire(job, rc, tick=lambda: not self._job_active(
-                job["id"], str(job["attempt"])))
-            session = TaskSession(self.env, job, owner=task_id, parent_task=task_id,
-                                  stage=lambda: str(rec.get("stage") or d.RUNNING),
-                                  spool=ex.spool,
-                                  helper=self._helper(rc, list(cpus)))
-            ex.session = session
-            digest = rec["fn"]
-            blobs = [b"" if digest in ex.known_fns else self.function(job["id"], digest)]
-            blobs += self._inputs(rec)
-            header = {"task_id": task_id, "fn": digest, "cpus": cpus,
-                      "mode": REDUCE if rec["kind"] == REDUCE else "call",
-                      "error_lines": d.TASK_ERROR_LINES}
-            stopped: dict[str, str] = {}
-            reply = ex.run(header, blobs, self._ticker(rec, run, job, ex, stopped))
-            ex.known_fns.add(digest)
-            if reply is None and self._stop.is_set():
-                self._hand_back(task_id, run)   # the worker stops: another one runs it
-                return d.QUEUED
-            if reply is None:
-                status, healthy = d.CANCELED, False
-                error = stopped.get(task_id) or "the task was stopped"
-            else:
-                head, out = reply
-                cpu = float(head.get("cpu") or 0.0)
-                if head.get("ok"):
-                    status, result = d.DONE, out[0]
-                else:
-                    status, error, etype = d.ERROR, str(head.get("error")), str(head.get("type"))
-        except ExecutorLost as exc:
-            status, error, etype, healthy = d.ERROR, str(exc), "WorkerLost", False
-        except _MapFailed as exc:
-            status, error, etype = d.ERROR, str(exc), exc.etype
-        except Exception as exc:
-            log.exception("task %s failed in the worker", task_id)
-            status, error, etype = d.ERROR, f"the task worker failed: {type(exc).__name__}: {exc}", ""
-            healthy = False
+            return runner.run([{**rec, "run": run}])[0]
         finally:
-            if ex is not None:
-                self._pump(task_id, ex, str(rec.get("name") or "task"), final=True)
-                ex.session = None
-                self.pool.release(ex, healthy)
-            if session is not None:
-                session.close()
-            self.slots.release(fds)
-        self._record(rec, run, status, cpu, error, etype, result)
-        return status
+            runner.close()
 
     def _hand_back(self, task_id: str, run: str) -> None:
         self.env.registry.r.delete(d.TASK_HEARTBEAT_KEY.format(task_id=task_id))
         if self.env.tasks.requeue(task_id, run) == 1:
             cls = self.env.tasks.fields([task_id], "class")[0][0] or ""
             celery_app().send_task(RUN_TASK, args=[task_id], queue=tasks_queue(cls))
-
-    def _record(self, rec: dict[str, Any], run: str, status: str, cpu: float, error: str,
-                etype: str, result: bytes) -> None:
-        task_id = rec["id"]
-        location = ""
-        pipe = self.env.registry.raw.pipeline(transaction=False)
-        if status == d.DONE:
-            job = self.job(rec["job"])
-            self.env.blobs.put(d.TASK_RESULT_KEY.format(task_id=task_id), job["prefix"],
-                               f"res-{task_id}", result, pipe=pipe)
-            location = "redis" if len(result) <= d.TASK_INLINE_BYTES else "storage"
-        self.env.tasks.finish(task_id, run, status, cpu, error, etype, location, pipe=pipe)
-        pipe.delete(d.TASK_PAYLOAD_KEY.format(task_id=task_id))
-        pipe.execute()
-
-    def _inputs(self, rec: dict[str, Any]) -> list[bytes]:
-        if rec["kind"] != REDUCE:
-            payload = self.env.blobs.resolve(rec.get("payload"))
-            if payload is None:
-                raise QhybridError("the task's arguments are gone (its job ended?)")
-            return [payload]
-        maps: list[str] = rec["maps"]
-        rows = self.env.tasks.fields(maps, "status", "error", "name", "error_type")
-        for i, (status, error, name, etype) in enumerate(rows):
-            if status != d.DONE:
-                raise _MapFailed(f"map task {name} #{i} [{maps[i][:8]}] ended {status}:\n"
-                                 f"{error or ''}", etype or "")
-        pipe = self.env.registry.raw.pipeline(transaction=False)
-        for m in maps:
-            pipe.get(d.TASK_RESULT_KEY.format(task_id=m))
-        values = [self.env.blobs.resolve(v) for v in pipe.execute()]
-        if any(v is None for v in values):
-            raise QhybridError("a map task's result has expired")
-        return [v for v in values if v is not None]
-
-    def _ticker(self, rec: dict[str, Any], run: str, job: dict[str, Any], ex: Executor,
-                stopped: dict[str, str]) -> Callable[[], bool]:
-        task_id = rec["id"]
-        attempt = str(rec.get("attempt") or 1)
-        last_beat = time.monotonic()
-
-        def tick() -> bool:
-            nonlocal last_beat
-            now = time.monotonic()
-            if now - last_beat >= d.HEARTBEAT_INTERVAL_S:
-                self.env.tasks.heartbeat(task_id, self.name)
-                self._pump(task_id, ex, str(rec.get("name") or "task"))
-                last_beat = now
-            if self._stop.is_set():
-                return True
-            why = self.env.tasks.should_stop(task_id, run, job["id"], attempt)
-            if why:
-                stopped[task_id] = why
-            return bool(why)
-
-        return tick
 
     def _pump(self, task_id: str, ex: Executor, name: str = "task", final: bool = False) -> None:
         """The executor's new output: into the task's log, and, line by line with the task's
@@ -313,12 +221,6 @@ class TaskWorker:
         self.pool.shutdown()
 
 
-class _MapFailed(Exception):
-    def __init__(self, message: str, etype: str) -> None:
-        super().__init__(message)
-        self.etype = etype
-
-
 _worker: TaskWorker | None = None
 _worker_lock = threading.Lock()
 
@@ -337,6 +239,12 @@ def task_worker() -> TaskWorker:
 @shared_task(name=RUN_TASK, ignore_result=True, acks_late=True)
 def run_task(task_id: str) -> None:
     task_worker().handle(task_id)
+
+
+@shared_task(name=RUN_TASKS, ignore_result=True, acks_late=True)
+def run_tasks(task_ids: list[str]) -> None:
+    """A chunk of a batch of plain calls, and whatever else of the job is ready."""
+    task_worker().handle_many([str(t) for t in task_ids])
 
 
 @shared_task(name=RUN_MAP_TASK, acks_late=True)
