@@ -112,6 +112,44 @@ def test_results_come_back_in_call_order_and_the_api_lists_the_tasks(
     assert page["total"] == 2 and len(page["tasks"]) == 1 and page["counts"]["DONE"] == 41
 
 
+HELD = """
+import os, time
+from qhybrid import distribute_task, get, get_arguments, save_result, wait
+
+go = os.path.join(get_arguments()["dir"], "go")
+
+@distribute_task(target="small")
+def step(i):
+    while i == 60 and not os.path.exists(go):
+        time.sleep(0.05)
+    return i
+
+refs = [step(i) for i in range(300)]
+others = refs[:60] + refs[61:]
+done, _ = wait(others, num_returns=len(others), timeout=30)
+ended_first = len(done)
+open(go, "w").close()
+save_result({"ended_first": ended_first, "values": get(refs)})
+"""
+
+
+def test_a_long_task_holds_none_of_the_tasks_claimed_after_it(
+        service: RunningService, tmp_path: Path, shared_dir: Path) -> None:
+    # given 300 quick tasks, which workers claim several at a time, and among them one that
+    # runs until the job has seen every other task end
+    client = service.client()
+    job = run_program(client, tmp_path, HELD, dir=str(shared_dir))
+    # then the tasks claimed after the long one were run meanwhile, by whichever worker
+    out = result_of(job)
+    assert out["ended_first"] == 299 and out["values"] == list(range(300))
+    tasks = job.tasks()
+    assert {t["status"] for t in tasks} == {"DONE"} and len(tasks) == 300
+    # and each record says when its own run started and ended, in the executor's clock
+    long = tasks[60]
+    assert long["duration"] > 0.05
+    assert all(t["started"] <= t["ended"] and t["duration"] < 5 for t in tasks[61:])
+
+
 def test_task_api_checks_its_input_and_owner(service: RunningService, tmp_path: Path) -> None:
     client = service.client()
     job = run_program(client, tmp_path, "from qhybrid import save_result\nsave_result(1)\n")

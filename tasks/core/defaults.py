@@ -166,8 +166,8 @@ MAX_TASK_BLOB_BYTES = 2 * 1024**3           # one task's arguments, result or pu
 MAX_TASKS_PER_JOB = 1_000_000
 TASK_BATCH_S = 0.005                        # user code: calls this close together go as one group
 TASK_BATCH_MAX = 1000                       # ... up to this many per group
-TASK_MESSAGE_IDS = 64                       # task ids one Celery message carries at most
-TASK_MESSAGES_MIN = 16                      # ... but a batch goes as this many messages (if it has as
+TASK_MESSAGE_IDS = 128                      # task ids one Celery message carries at most
+TASK_MESSAGES_MIN = 8                       # ... but a batch goes as this many messages (if it has as
                                             # many tasks), so that as many idle worker slots wake
 TASK_CLAIM_MAX = 64                         # a worker claims at most this many tasks ahead at once
 TASK_CLAIM_AHEAD_S = 0.02                   # ... and as many as it expects to run in this time

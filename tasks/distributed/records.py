@@ -104,7 +104,8 @@ _CLAIM_MANY = """
 -- ready list ('' finds it in the named tasks' records, '-' leaves it alone).
 -- Claims up to that many QUEUED tasks: first from the job's ready list (what any worker may
 -- take), once it is empty the named ones. {ready list, 1 if there may be more, claimed}; each
--- claimed one is {id, kind, fn, class, job, attempt, name, stage, maps, payload}.
+-- claimed one is two items: JSON [id, kind, fn, class, job, attempt, name, stage, maps], and
+-- its payload.
 local want = tonumber(ARGV[5])
 local out, n = {}, 0
 local function claim(key)
@@ -125,8 +126,9 @@ local function claim(key)
   redis.call('SET', key .. ':heartbeat', ARGV[1], 'EX', ARGV[4])
   local rec = redis.call('HMGET', key, 'id', 'kind', 'fn', 'class', 'job', 'attempt', 'name',
                          'stage', 'maps')
-  rec[10] = redis.call('GET', key .. ':payload')
-  table.insert(out, rec)
+  for i = 1, 9 do rec[i] = rec[i] or '' end
+  table.insert(out, cjson.encode(rec))
+  table.insert(out, redis.call('GET', key .. ':payload'))
   n = n + 1
 end
 local ready = ARGV[6]
@@ -159,21 +161,20 @@ return {ready, more, out}
 """
 
 _FINISH_MANY = """
--- KEYS: tasks ; ARGV, 9 a task: run token, status, ended, started ('' keeps the claim's), cpu
--- seconds, error, error type, result location, result (its bytes, or where storage has them).
--- Each ends if it still runs with that token.
+-- ARGV[1]: JSON, a list of {key, run token, status, ended, started ('' keeps the claim's),
+-- cpu seconds, error, error type, result location} ; ARGV[1 + i]: the i-th task's result (its
+-- bytes, or where storage has them). Each ends if it still runs with that token.
 local n = 0
-for i, key in ipairs(KEYS) do
-  local a = (i - 1) * 9
-  if redis.call('HGET', key, 'status') == 'RUNNING' and
-     redis.call('HGET', key, 'run') == ARGV[a + 1] then
-    if ARGV[a + 2] == 'DONE' then redis.call('SET', key .. ':result', ARGV[a + 9]) end
-    redis.call('HSET', key, 'status', ARGV[a + 2], 'ended', ARGV[a + 3], 'cpu', ARGV[a + 5],
-               'error', ARGV[a + 6], 'error_type', ARGV[a + 7], 'result', ARGV[a + 8])
-    if ARGV[a + 4] ~= '' then redis.call('HSET', key, 'started', ARGV[a + 4]) end
+for i, e in ipairs(cjson.decode(ARGV[1])) do
+  local key = e[1]
+  if redis.call('HGET', key, 'status') == 'RUNNING' and redis.call('HGET', key, 'run') == e[2] then
+    if e[3] == 'DONE' then redis.call('SET', key .. ':result', ARGV[i + 1]) end
+    redis.call('HSET', key, 'status', e[3], 'ended', e[4], 'cpu', e[6], 'error', e[7],
+               'error_type', e[8], 'result', e[9])
+    if e[5] ~= '' then redis.call('HSET', key, 'started', e[5]) end
     local f = redis.call('HMGET', key, 'stage', 'usage_key', 'inbox', 'id')
-    redis.call('HINCRBYFLOAT', f[2], f[1] .. '|CPU_TIME', ARGV[a + 5])
-    redis.call('RPUSH', f[3], f[4] .. ' ' .. ARGV[a + 2])
+    redis.call('HINCRBYFLOAT', f[2], f[1] .. '|CPU_TIME', e[6])
+    redis.call('RPUSH', f[3], f[4] .. ' ' .. e[3])
     redis.call('EXPIRE', f[3], 86400)
     redis.call('DEL', key .. ':heartbeat')
     n = n + 1
@@ -184,7 +185,7 @@ return n
 """
 
 _UNCLAIM = """
--- KEYS: claimed tasks this worker will not run after all (it stops) ; ARGV: their run tokens.
+-- KEYS: claimed tasks a worker will not run after all ; ARGV: their run tokens.
 -- Queued again, at the head of their ready list; their ids are returned.
 local back = {}
 for i = #KEYS, 1, -1 do
@@ -378,11 +379,10 @@ class TaskRegistry:
             keys=[task_key(i) for i in ids],
             args=[worker, run, timestamp(), d.TASK_HEARTBEAT_TTL_S, want, ready])
         recs = []
-        for row in claimed:
-            rec: dict[str, Any] = {name: (v.decode() if v is not None else None)
-                                   for name, v in zip(_CLAIMED, row, strict=False)}
-            rec["payload"] = row[9] if len(row) > 9 else None
-            rec["maps"] = json.loads(rec["maps"]) if rec.get("maps") else None
+        for i in range(0, len(claimed), 2):
+            rec: dict[str, Any] = dict(zip(_CLAIMED, json.loads(claimed[i]), strict=True))
+            rec["payload"] = claimed[i + 1] or None
+            rec["maps"] = json.loads(rec["maps"]) if rec["maps"] else None
             rec["run"] = run
             recs.append(rec)
         return found_ready.decode(), bool(more), recs
@@ -390,11 +390,10 @@ class TaskRegistry:
     def finish_many(self, ends: list[TaskEnd]) -> int:
         """Record how tasks ended, each only if it still runs with its run token, in one
         call; their arguments go. The executor's start time replaces the claim's when given."""
-        args: list[Any] = []
-        for e in ends:
-            args += [e.run, e.status, e.ended or timestamp(), e.started or "", f"{e.cpu:.6f}",
-                     e.error[-20000:], e.error_type, e.location, e.value]
-        return int(self._finish(keys=[task_key(e.task_id) for e in ends], args=args))
+        rows = [[task_key(e.task_id), e.run, e.status, str(e.ended or timestamp()),
+                 str(e.started or ""), f"{e.cpu:.6f}", e.error[-20000:], e.error_type, e.location]
+                for e in ends]
+        return int(self._finish(keys=[], args=[json.dumps(rows), *(e.value for e in ends)]))
 
     def unclaim(self, claimed: list[tuple[str, str]]) -> list[str]:
         """Claimed (task id, run token)s this worker will not run: queued again."""
@@ -403,13 +402,6 @@ class TaskRegistry:
         back = self._unclaim(keys=[task_key(t) for t, _ in claimed],
                              args=[run for _, run in claimed])
         return [str(t) for t in back]
-
-    def heartbeats(self, ids: list[str], worker: str) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        for task_id in ids:
-            pipe.set(d.TASK_HEARTBEAT_KEY.format(task_id=task_id), worker,
-                     ex=d.TASK_HEARTBEAT_TTL_S)
-        pipe.execute()
 
     def requeue(self, task_id: str, run: str) -> int:
         return int(self._requeue(keys=[task_key(task_id)],

@@ -4,8 +4,10 @@ their ends recorded several at a time.
 A task worker claims a few tasks ahead, as many as it expects to run in TASK_CLAIM_AHEAD_S
 (one, until it knows how long they take), and runs them back to back in one executor without
 asking Celery or Redis in between; ends that come within TASK_FINISH_BATCH_S of each other are
-recorded in one call. Each task is still a run of its own: its record (started and ended as
-the executor saw them), its output, its heartbeat, its cancel and its traceback.
+recorded in one call. A task that runs longer than TASK_TICK_S hands the tasks claimed after
+it back to the job's ready list, for any worker. Each task is still a run of its own: its
+record (started and ended as the executor saw them), its output, its heartbeat, its cancel
+and its traceback.
 """
 
 from __future__ import annotations
@@ -175,7 +177,8 @@ class TaskRunner:
             self.env.tasks.finish_many(ends)
 
     def hand_back(self) -> None:
-        """Claimed tasks this worker will not run (it stops): queued again for any worker."""
+        """Claimed tasks this runner will not run (the worker stops, or the task before them
+        takes long): queued again at the head of their ready list, a message sent for them."""
         claimed = list(self.waiting)
         self.waiting.clear()
         back = set(self.env.tasks.unclaim([(r["id"], r["run"]) for r in claimed]))
@@ -247,8 +250,10 @@ class TaskRunner:
 
     def _ticker(self, rec: dict[str, Any], job: dict[str, Any],
                 stopped: dict[str, str]) -> Callable[[], bool]:
-        """What runs every TASK_TICK_S while a task runs: heartbeats (of the tasks claimed
-        after it too), its output, the ends not yet recorded; True when it must stop."""
+        """What runs every TASK_TICK_S while a task runs: the ends not yet recorded, the
+        tasks claimed after it handed back (it takes longer than they were claimed for: they
+        must neither wait for it nor look RUNNING meanwhile), its heartbeat and output; True
+        when it must stop."""
         task_id = rec["id"]
         last_beat = time.monotonic()
 
@@ -256,9 +261,10 @@ class TaskRunner:
             nonlocal last_beat
             now = time.monotonic()
             self.flush()
+            if self.waiting:
+                self.hand_back()
             if now - last_beat >= d.HEARTBEAT_INTERVAL_S:
-                self.env.tasks.heartbeats([task_id, *(r["id"] for r in self.waiting)],
-                                          self.worker.name)
+                self.env.tasks.heartbeat(task_id, self.worker.name)
                 if self.ex is not None:
                     self.worker._pump(task_id, self.ex, str(rec.get("name") or "task"))
                 last_beat = now

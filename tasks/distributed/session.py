@@ -4,7 +4,8 @@ running task for nested calls.
 User code calls `distribute_task` functions; the caller's supervisor receives batches over the
 local channel, stores the pickled function once per job and each call's pickled arguments,
 writes one record per task and sends ONE Celery group per batch whose messages carry only task
-ids. `map_reduce` becomes one chord: map tasks as the header, the reduce as the body, which a
+ids (each message a chunk of them; any worker of the class claims from the job's ready list,
+see tasks.distributed.runner). `map_reduce` becomes one chord: map tasks as the header, the reduce as the body, which a
 worker runs once the last map task ended, whoever waits for it (flat canvases: a group, or a
 chord of plain tasks, never nested).
 

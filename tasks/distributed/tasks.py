@@ -1,9 +1,10 @@
 """Task workers: the Celery tasks that run distributed tasks.
 
 Task workers (`tasks.<class>` queues, separate from `jobs.<class>` so a parent waiting on its
-tasks never takes the slot they need) claim a task atomically in the registry, which is the
-source of truth, and run it in a warm executor process of the job
-(`tasks.distributed.executor`) with the class's limits. A task's supervisor that waits on
+tasks never takes the slot they need) claim tasks atomically in the registry, which is the
+source of truth, a few at a time from the job's ready list when a message names a chunk of
+a batch, and run them in a warm executor process of the job (`tasks.distributed.executor`,
+`tasks.distributed.runner`) with the class's limits. A task's supervisor that waits on
 nested tasks of its own class runs queued ones itself meanwhile, so nested fan-outs cannot
 deadlock a full worker.
 
@@ -81,18 +82,22 @@ class TaskWorker:
         from tasks.distributed.runner import TaskRunner
 
         runner = TaskRunner(self)
-        ready = ""
+        ready = ""          # the ready list: found from the named tasks; "-" named ones only
         deadline = time.monotonic() + d.TASK_DRAIN_S
         try:
             while not self._stop.is_set():
-                if ready and time.monotonic() >= deadline:
-                    ready = "-"         # long enough: the job's other messages take the rest
-                ready, more, recs = self.env.tasks.claim_many(ids, self.name, uuid.uuid4().hex,
-                                                              runner.ahead(), ready)
+                listing = ready not in ("", "-")
+                if listing and time.monotonic() >= deadline:
+                    ready, listing = "-", False     # long enough: other messages take the rest
+                found, more, recs = self.env.tasks.claim_many(
+                    [] if listing else ids, self.name, uuid.uuid4().hex, runner.ahead(), ready)
+                ready = ready or found
                 if recs:
                     runner.run(recs)
                 elif not more:
-                    break
+                    if not listing:
+                        break
+                    ready = "-"     # the list is empty: what is left of this message's own
         finally:
             runner.close()
 
