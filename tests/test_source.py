@@ -79,3 +79,18 @@ def test_registered_source_outlives_a_linecache_check(tmp_path: Path) -> None:
     linecache.checkcache()
     assert linecache.getline(str(path), 2) == "source\n"
     linecache.clearcache()
+
+
+def test_plain_arguments_pickle_as_the_standard_pickler_does_and_the_rest_by_value() -> None:
+    import pickle
+
+    import cloudpickle
+
+    # plain data: the standard pickler's bytes (a task's usual arguments and results)
+    plain = ((1, "a", 2.5, None, b"x", True, 1j), {"k": [1, 2], "m": {"n": (3,)}})
+    assert _executor.dumps(plain) == pickle.dumps(plain, protocol=5)
+    # anything else inside, however deep, still goes by value through cloudpickle
+    calls = ((lambda x: x + 1,), {})
+    assert cloudpickle.loads(_executor.dumps(calls))[0][0](1) == 2
+    deep = [[[[[{"x": 1}]]]]]
+    assert pickle.loads(_executor.dumps(deep)) == deep
