@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from app.auth import services, token_required
 from app.params import float_arg, int_arg, iso, json_body
@@ -83,8 +83,7 @@ def submit_task() -> tuple[Response, int]:
         raise InvalidInput(f"unknown fields: {', '.join(sorted(unknown))}",
                            field=sorted(unknown)[0])
     svc = services()
-    rec = submit(svc.registry.r, svc.store, current_app.extensions["qhybrid.celery"],
-                 svc.settings, user=g.user, device=body.get("device"),
+    rec = submit(svc.registry.r, svc.store, svc.settings, user=g.user, device=body.get("device"),
                  circuits=body.get("circuits"), options=body.get("options"),
                  reservation_arn=body.get("reservation_arn"),
                  live_queues=svc.registry.workers_by_queue)

@@ -1,6 +1,7 @@
 """Devices used the way Qiskit users use simulators and IBM devices, against real device
 workers: Aer's own instructions and results, copies of IBM devices, the same behaviour from a
-job, a distributed task, a hybrid job and local mode, device time per stage, and cancel."""
+job, a distributed task, a hybrid job and local mode, device time per stage, cancel, and what a
+device worker's crash or stop leaves."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 from qiskit import QuantumCircuit
 from qiskit.providers import JobStatus
 
+from app.service import DEVICE_WORKER
 from qhybrid import Client, Program, hybrid_job
-from qhybrid.errors import Conflict, ServiceUnavailable
+from qhybrid.errors import Conflict, ServiceUnavailable, TaskFailed
+from tasks.devices.quantum_tasks import QuantumTasks
 from tests.conftest import RunningService, bell, wait_until, write_program
 
 
@@ -220,6 +224,56 @@ def test_canceling_a_running_task_or_its_job_stops_the_simulation(
     started = time.monotonic()
     assert sum(backend.run(bell(), shots=10).result(timeout=120).get_counts().values()) == 10
     assert time.monotonic() - started < 120
+
+
+def _runner_of(service: RunningService, task: dict[str, Any]) -> psutil.Process:
+    """The device worker's runner process simulating a task (named in its record)."""
+    rec = QuantumTasks(service.registry.r).get(task["task_id"])
+    worker = psutil.Process(service.service.procs[DEVICE_WORKER].pid)
+    assert rec["worker"].endswith(f":{worker.pid}") and rec["runner"].startswith(rec["worker"])
+    runners = worker.children()
+    assert len(runners) == 1
+    return runners[0]
+
+
+def test_a_runner_that_dies_ends_its_task_in_error_and_is_replaced(
+        service: RunningService) -> None:
+    backend = service.client().backend("aer_simulator")
+    # given a task that runs for minutes
+    long = backend.run(long_circuit(), shots=10**6)
+    wait_until(lambda: long.status() == JobStatus.RUNNING, timeout=120)
+    # when the process simulating it dies (killed, out of memory)
+    _runner_of(service, {"task_id": long.job_id()}).kill()
+    # then the task ends in ERROR saying so, and a fresh runner takes the next task
+    wait_until(lambda: long.status() == JobStatus.ERROR, timeout=30)
+    with pytest.raises(TaskFailed, match=r"process running it stopped \(signal 9\)"):
+        long.result(timeout=5)
+    assert sum(backend.run(bell(), shots=10).result(timeout=120).get_counts().values()) == 10
+
+
+def test_a_task_running_when_its_device_worker_stops_runs_again(
+        service: RunningService) -> None:
+    from tests.test_devices import device_worker_stopped
+
+    client = service.client()
+    backend = client.backend("aer_simulator")
+    # given a task running on the device worker
+    long = backend.run(long_circuit(), shots=10**6)
+    wait_until(lambda: long.status() == JobStatus.RUNNING, timeout=120)
+    first = client._json("GET", f"/quantum-tasks/{long.job_id()}")
+    runner = _runner_of(service, first)
+    # when the worker stops (SIGTERM: a scale-down, `qhybrid up` stopping)
+    with device_worker_stopped(service):
+        # then its simulation stopped and the task waits in its queue again, not lost
+        assert not runner.is_running() or runner.status() == psutil.STATUS_ZOMBIE
+        assert long.status() == JobStatus.QUEUED
+        assert QuantumTasks(service.registry.r).queue_depth("aer_simulator")["normal"] == 1
+    # and the next device worker takes it again
+    wait_until(lambda: long.status() == JobStatus.RUNNING, timeout=120)
+    again = client._json("GET", f"/quantum-tasks/{long.job_id()}")
+    assert again["started"] >= first["started"]
+    long.cancel()
+    assert long.status() == JobStatus.CANCELLED
 
 
 def test_a_gpu_device_without_a_gpu_worker_is_refused(client: Client) -> None:

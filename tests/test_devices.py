@@ -22,6 +22,7 @@ from qhybrid import Client, Program
 from qhybrid.backend import QhybridBackend
 from qhybrid.codec import encode_circuits
 from qhybrid.errors import Conflict, InvalidInput, NotFound
+from tasks.devices.device_queue import NORMAL, PRIORITY, queued_key
 from tasks.devices.quantum_tasks import QuantumTasks
 from tests.conftest import RunningService, bell, wait_until, write_program
 
@@ -251,10 +252,10 @@ def test_holding_job_goes_first_and_cancel(service: RunningService, tmp_path: Pa
         mine = wait_until(lambda: len(holder.quantum_tasks()) == 3 and holder.quantum_tasks(),
                           timeout=60)
         assert all(t["status"] == "QUEUED" and t["priority"] == "priority" for t in mine)
-        # Celery's Redis transport keeps a list per priority step; BRPOP names step 0 first
-        broker = service.registry.r
-        assert broker.llen(f"device.{HELD}") == 3                  # priority 0: the holder's
-        assert broker.llen(f"device.{HELD}\x06\x169") == 4          # priority 9: standalone
+        # the device's queues: the holder's tasks, then the others, each oldest first
+        r = service.registry.r
+        assert r.zrange(queued_key(HELD, PRIORITY), 0, -1) == [t["task_id"] for t in mine]
+        assert r.zrange(queued_key(HELD, NORMAL), 0, -1) == [j.job_id() for j in standalone]
         status = client._json("GET", f"/devices/{HELD}")["status"]
         assert status["queue_depth"] == {"priority": 3, "normal": 3}
         assert status["held"] and status["holding_job"] == holder.job_id

@@ -2,14 +2,14 @@
 
 A quantum task is one `backend.run(circuits)` on a device. The API and a job's supervisor
 submit it here: the circuits are checked against the device at once (too wide, not in its
-Target, too much memory), stored with the record, and one Celery message carrying only the
-task id goes to `device.<name>`, with the higher priority when the task comes from the job
-that holds the device (`tasks.devices.reservations`). A device worker (`tasks.devices.worker`) runs it.
+Target, too much memory), stored with the record, and the task is queued on its device in the
+same Redis transaction (`tasks.devices.device_queue`), ahead of others when it comes from the
+job that holds the device (`tasks.devices.holders`). A device worker (`tasks.devices.worker`)
+runs it.
 
 Every status change is one atomic Lua call, as for jobs: QUEUED -> RUNNING -> DONE | ERROR,
 or QUEUED | RUNNING -> CANCELED. Canceling a running task (or ending its job) stops its
-simulation: the device worker's pool process running it is killed (Celery's revoke with
-terminate; the Celery task id is the quantum task's id) and replaced by a fresh one.
+simulation: the device worker kills the runner process simulating it and starts a fresh one.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
-
-from celery import Celery
 
 from qhybrid.errors import (
     Conflict,
@@ -35,17 +33,14 @@ from qhybrid.errors import (
 from storage import keys
 from storage.store import ObjectStore
 from tasks.core import defaults as d
-from tasks.core.queues import HOLDER_PRIORITY, RUN_QUANTUM_TASK, STANDALONE_PRIORITY, device_queue
+from tasks.core.queues import device_queue
 from tasks.core.registry import flat_record, unflat_record
 from tasks.core.settings import Settings
+from tasks.devices.device_queue import NORMAL, PRIORITY, enqueue, stop
 from tasks.supervisor.extension import JobExtension
 
 if TYPE_CHECKING:
     from tasks.core.registry import Registry
-
-#: The two priorities a task is queued with, as the API names them.
-PRIORITY = "priority"
-NORMAL = "normal"
 
 _TRANSITION = """
 -- KEYS: task, queued (priority), queued (normal), running set, device runs, monitor counts,
@@ -95,7 +90,8 @@ def _is_id(task_id: str) -> bool:
     return isinstance(task_id, str) and 0 < len(task_id) <= 64 and task_id.isalnum()
 
 
-def _unflat(rec: dict[str, str]) -> dict[str, Any]:
+def task_record(rec: dict[str, str]) -> dict[str, Any]:
+    """A task record as read from its Redis hash."""
     return unflat_record(rec, _FLOATS, _INTS)
 
 
@@ -112,13 +108,13 @@ class QuantumTasks:
         rec = self.r.hgetall(d.QTASK_KEY.format(task_id=task_id)) if _is_id(task_id) else {}
         if not rec or (user is not None and rec.get("user") != user):
             raise NotFound(f"no quantum task {task_id!r}")
-        return _unflat(rec)
+        return task_record(rec)
 
     def many(self, ids: Iterable[str]) -> list[dict[str, Any]]:
         pipe = self.r.pipeline()
         for task_id in ids:
             pipe.hgetall(d.QTASK_KEY.format(task_id=task_id))
-        return [_unflat(rec) for rec in pipe.execute() if rec]
+        return [task_record(rec) for rec in pipe.execute() if rec]
 
     def for_job(self, job_id: str) -> list[dict[str, Any]]:
         """The job's quantum tasks, oldest first."""
@@ -188,16 +184,6 @@ class QuantumTasks:
         return {PRIORITY: int(high), NORMAL: int(normal)}
 
     # --- payloads and results ---------------------------------------------------------------
-    def get_with_circuits(self, task_id: str) -> tuple[dict[str, Any], str | None]:
-        """The task record and its payload when kept in Redis, in one round trip."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(d.QTASK_KEY.format(task_id=task_id))
-        pipe.get(d.QTASK_CIRCUITS_KEY.format(task_id=task_id))
-        rec, text = pipe.execute() if _is_id(task_id) else ({}, None)
-        if not rec:
-            raise NotFound(f"no quantum task {task_id!r}")
-        return _unflat(rec), text
-
     def circuits(self, store: ObjectStore, rec: dict[str, Any],
                  inline: str | None = None) -> str:
         """The task's QPY payload, from Redis or storage (`inline`: as read with the record)."""
@@ -253,7 +239,7 @@ class QuantumTasks:
         rec, text = pipe.execute()
         if not rec or (user is not None and rec.get("user") != user):
             raise NotFound(f"no quantum task {task_id!r}")
-        return _unflat(rec), text
+        return task_record(rec), text
 
     def wait_for(self, task_id: str, user: str | None, timeout: float) -> dict[str, Any]:
         """Block until the task ended or `timeout` passes; the task record."""
@@ -281,8 +267,7 @@ class QuantumTasks:
         """A queued task never runs; a running one is stopped; an ended one answers Conflict."""
         rec = self.get(task_id, user)
         if self.transition(rec, d.CANCELED, [d.QUEUED, d.RUNNING], ended=time.time()):
-            if rec["status"] == d.RUNNING or self.get(task_id)["status"] != d.QUEUED:
-                stop_running([task_id])
+            stop(self.r, [task_id])     # if a runner took it meanwhile, it is stopped
             self.drop_circuits(store, rec)
             return self.get(task_id)
         rec = self.get(task_id)
@@ -306,25 +291,8 @@ class QuantumTasks:
                 if store is not None and rec.get("circuits_in") == "storage":
                     store.delete(keys.quantum_task_circuits(rec["user"], rec["id"]))
         if running:
-            stop_running(running)
+            stop(self.r, running)
         return canceled
-
-
-def stop_running(task_ids: list[str]) -> None:
-    """Kill the device-worker processes simulating these tasks (already marked CANCELED).
-
-    A task that a device worker has just taken (QUEUED when canceled, not yet RUNNING) is
-    revoked too, so it is dropped if it starts; one that already ended is left alone.
-    """
-    from tasks.core.celery_app import app
-
-    try:
-        app.control.revoke(task_ids, terminate=True, signal="SIGKILL")
-    except Exception:   # the broker is away: the task's result is dropped when it ends
-        import logging
-
-        logging.getLogger(__name__).warning("could not stop quantum tasks %s", task_ids,
-                                            exc_info=True)
 
 
 # --- submission ----------------------------------------------------------------------------
@@ -341,18 +309,18 @@ def check_payload(circuits: Any) -> str:
     return circuits
 
 
-def submit(r: Any, store: ObjectStore, celery: Celery, settings: Settings, *, user: str,
+def submit(r: Any, store: ObjectStore, settings: Settings, *, user: str,
            device: Any, circuits: Any, options: Any, job_id: str | None = None,
            check_circuits_here: bool = True, reservation_arn: Any = None, stage: str = "",
            live_queues: Callable[[], dict[str, list[str]]] | None = None) -> dict[str, Any]:
-    """Check a quantum task completely, record it QUEUED and send it to its device queue.
+    """Check a quantum task completely, record it QUEUED and queue it on its device.
 
     `check_circuits_here=False` leaves decoding and checking the circuits to the device worker
     (which refuses bad ones with the reason): job workers load no qiskit at all. Circuits
     checked here are recorded as such, and the device worker does not check them again.
     `stage` is the job's stage the task's device time is charged to (QPU_TIME).
 
-    Tasks of the job that holds the device are sent with the higher priority. A GPU device
+    Tasks of the job that holds the device are queued ahead of others. A GPU device
     that no live device worker serves is refused (`live_queues`: the registry's
     workers_by_queue).
     """
@@ -407,22 +375,15 @@ def submit(r: Any, store: ObjectStore, celery: Celery, settings: Settings, *, us
     pipe.zadd(d.USER_QTASKS_KEY.format(user=user), {task_id: created})
     if job_id:
         pipe.zadd(d.JOB_QTASKS_KEY.format(job_id=job_id), {task_id: created})
-    pipe.zadd(d.DEVICE_QUEUED_KEY.format(device=spec.name, priority=priority), {task_id: created})
-    pipe.execute()
-    tasks = QuantumTasks(r)
-    try:
-        celery.send_task(RUN_QUANTUM_TASK, args=[task_id], queue=device_queue(spec.name),
-                         task_id=task_id,   # so that a cancel can stop it (stop_running)
-                         ignore_result=True,  # no result-backend subscription per task
-                         priority=HOLDER_PRIORITY if priority == PRIORITY else STANDALONE_PRIORITY)
-    except Exception as exc:
-        tasks.transition(record, d.ERROR, [d.QUEUED], ended=time.time(),
-                         error=ServiceUnavailable(f"could not queue the task: {exc}").to_problem())
-        raise ServiceUnavailable(f"could not queue the quantum task: {exc}") from exc
-    if job_id and r.hget(d.JOB_KEY.format(job_id=job_id), "status") in d.TERMINAL_STATUSES:
+    enqueue(pipe, spec.name, priority, task_id, created)    # recorded and queued at once
+    if job_id:
+        pipe.hget(d.JOB_KEY.format(job_id=job_id), "status")
+    replies = pipe.execute()
+    if job_id and replies[-1] in d.TERMINAL_STATUSES:
+        tasks = QuantumTasks(r)
         tasks.cancel_queued_for_job(store, job_id)  # the job ended while this was submitted
         return tasks.get(task_id)
-    return _unflat(flat_record(record))   # as recorded: no second read
+    return task_record(flat_record(record))   # as recorded: no second read
 
 
 # --- what a job's user code may ask its supervisor ------------------------------------------
@@ -461,12 +422,10 @@ def device_ops(registry: Registry, store: Callable[[], ObjectStore], settings: C
         return describe(device_spec(settings(), name), operations=False)
 
     def qtask_submit(device: str, circuits: str, options: dict[str, Any]) -> str:
-        from tasks.core.celery_app import app as celery
-
         # user code's QhybridBackend.run() already checked the circuits against the device's
         # Target, and the device worker checks them again: the job worker does not load qiskit
         # (its compiled extension has crashed a long-running worker process)
-        rec = submit(r, store(), celery, settings(), user=user, device=device,
+        rec = submit(r, store(), settings(), user=user, device=device,
                      circuits=circuits, options=options, job_id=job_id,
                      check_circuits_here=False, stage=stage(),
                      live_queues=registry.workers_by_queue)
@@ -490,4 +449,4 @@ def device_ops(registry: Registry, store: Callable[[], ObjectStore], settings: C
 
 
 __all__ = ["NORMAL", "PRIORITY", "DevicesExtension", "QuantumTasks", "check_payload", "device_ops",
-           "stop_running", "submit"]
+           "submit", "task_record"]
