@@ -9,44 +9,56 @@ ndarrays, which `Result.get_statevector()` and friends accept; Cliffords as thei
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from typing import Any
 
 from qiskit.result import Result
 
 from qhybrid.backend import INT_KEYED, result_from_json
-from qhybrid.codec import encode
+from qhybrid.codec import TYPE_KEY, VALUE_KEY, encode
 
 __all__ = ["result_from_json", "result_to_json"]
 
-_SCALARS = (str, int, float, bool)   # exactly these types pass through as they are
+_SCALARS = frozenset({str, int, bool})   # exactly these types pass through as they are
 
 
-def _plain(value: Any) -> Any:
-    """Replace qiskit objects aer may put in a result by data `qhybrid.codec.encode` takes."""
-    if value is None or type(value) in _SCALARS:
+def _wire(value: Any) -> Any:
+    """`qhybrid.codec.encode` of a result's value, in the same one walk that replaces the
+    qiskit objects aer may put there by data encode takes (and turns tuples into lists and
+    keys into strings, as `Result.to_dict` consumers expect)."""
+    kind = type(value)
+    if value is None or kind in _SCALARS:
         return value
+    if kind is float:
+        return value if math.isfinite(value) else encode(value, path="result")
     if isinstance(value, dict):
-        return {str(key): _plain(item) for key, item in value.items()}
+        out = {key if type(key) is str else str(key):
+               item if item is None or type(item) in _SCALARS else _wire(item)
+               for key, item in value.items()}
+        # a dict that looks like an envelope travels as one ("dict": its pairs)
+        return {TYPE_KEY: "dict", VALUE_KEY: [[k, v] for k, v in out.items()]} \
+            if TYPE_KEY in out else out
     if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
+        return [item if item is None or type(item) in _SCALARS else _wire(item)
+                for item in value]
     if isinstance(value, Enum):  # MeasLevel, MeasReturnType
-        return _plain(value.value)
+        return _wire(value.value)
     # aer returns its own subclasses (qiskit_aer.backends.compatibility.Statevector ...)
     modules = [cls.__module__ or "" for cls in type(value).__mro__]
     if any(module.startswith("qiskit.quantum_info") for module in modules):
         from qiskit.quantum_info import Clifford, StabilizerState
 
         if isinstance(value, StabilizerState):
-            return value.clifford.to_dict()
+            return encode(value.clifford.to_dict(), path="result")
         if isinstance(value, Clifford):
-            return value.to_dict()
+            return encode(value.to_dict(), path="result")
         data = getattr(value, "data", None)
         if data is not None:  # Statevector, DensityMatrix, Operator, SuperOp
             import numpy as np
 
-            return np.asarray(data)
-    return value
+            return encode(np.asarray(data), path="result")
+    return encode(value, path="result")   # numpy, complex, bytes; refuses anything else
 
 
 def result_to_json(result: Result) -> dict[str, Any]:
@@ -62,7 +74,7 @@ def result_to_json(result: Result) -> dict[str, Any]:
             if isinstance(value, dict) and value and all(
                     isinstance(k, int) and not isinstance(k, bool) for k in value):
                 int_keyed.append([i, str(key)])
-    data = encode(_plain(raw), path="result")
+    data = _wire(raw)
     assert isinstance(data, dict)
     if int_keyed:
         data[INT_KEYED] = int_keyed

@@ -101,6 +101,8 @@ def _inflate(raw: bytes) -> bytes:
 
 def _key_path(path: str, key: Any) -> str:
     if isinstance(key, str):
+        if key.isprintable() and '"' not in key and "\\" not in key:
+            return f'{path}["{key}"]'       # what json.dumps gives, without calling it
         return f"{path}[{json.dumps(key, ensure_ascii=False)}]"
     return f"{path}[{key!r}]"
 
@@ -111,6 +113,11 @@ def _plain_item(value: Any) -> bool:
     kind = type(value)
     return (value is None or kind is str or kind is bool or kind is int
             or (kind is float and math.isfinite(value)))
+
+
+#: Types a decoded JSON scalar has: each decodes as itself (a float from JSON is finite or
+#: already the float it names).
+_JSON_SCALARS = frozenset({str, int, float, bool})
 
 
 def _envelope(name: str, value: Any) -> dict[str, Any]:
@@ -187,7 +194,8 @@ class _Encoder:
             if isinstance(obj, dict):
                 return self._dict(obj, path)
             if isinstance(obj, list):
-                return [self.encode(item, f"{path}[{i}]") for i, item in enumerate(obj)]
+                return [item if _plain_item(item) else self.encode(item, f"{path}[{i}]")
+                        for i, item in enumerate(obj)]
             if isinstance(obj, tuple):
                 items = [self.encode(item, f"{path}[{i}]") for i, item in enumerate(obj)]
                 return _envelope("tuple", items)
@@ -292,13 +300,15 @@ def decode(data: Any, *, path: str = "value") -> Any:
     """Inverse of `encode`; raises InvalidInput on malformed or unknown envelopes."""
     if data is None or isinstance(data, str | bool | int | float):
         return data
+    # JSON scalars decode as themselves: tested inline, since results hold very many
     if isinstance(data, list):
-        return [decode(item, path=f"{path}[{i}]") for i, item in enumerate(data)]
+        return [item if item is None or type(item) in _JSON_SCALARS else
+                decode(item, path=f"{path}[{i}]") for i, item in enumerate(data)]
     if isinstance(data, dict):
         if TYPE_KEY in data:
             return _decode_envelope(data, path)
-        return {key: value if _plain_item(value) else decode(value, path=_key_path(path, key))
-                for key, value in data.items()}
+        return {key: value if value is None or type(value) in _JSON_SCALARS else
+                decode(value, path=_key_path(path, key)) for key, value in data.items()}
     raise InvalidInput(
         f"{path}: cannot decode object of type {type(data).__name__}; expected JSON data",
         field=path,

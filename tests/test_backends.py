@@ -4,6 +4,7 @@ QhybridBackend with the Qiskit primitives (through an in-process stand-in for th
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -459,6 +460,30 @@ def test_result_to_json_handles_arrays_and_states() -> None:
     assert np.allclose(back.get_statevector(0), [1, 0])
     assert back.data(0)["expval"] == 0.5
     assert np.allclose(back.data(0)["amps"], [1 + 1j, 0])
+
+
+def test_result_to_json_keeps_values_json_alone_would_change() -> None:
+    from qiskit.result import Result
+    from qiskit.result.models import MeasLevel
+
+    result = Result.from_dict({
+        "backend_name": "x", "backend_version": "1", "qobj_id": "", "job_id": "j",
+        "success": True, "results": [{
+            "shots": 1, "success": True, "header": {"name": "c", "metadata": {"t": (1, 2)}},
+            "meas_level": MeasLevel.CLASSIFIED,
+            "data": {"odd": {"__type__": "bytes", "__value__": "AA=="}, "nan": float("nan"),
+                     "neg": [float("-inf"), 2.5, None, True, "x"], "c": 1 + 2j,
+                     "probs": {0: 0.25, 3: 0.75}},
+        }],
+    })
+    data = result_to_json(result)
+    back = result_from_json(json.loads(json.dumps(data, allow_nan=False)))
+    saved = back.data(0)
+    assert saved["odd"] == {"__type__": "bytes", "__value__": "AA=="}   # not b"\x00"
+    assert math.isnan(saved["nan"]) and saved["neg"][0] == -math.inf
+    assert saved["neg"][1:] == [2.5, None, True, "x"] and saved["c"] == 1 + 2j
+    assert saved["probs"] == {0: 0.25, 3: 0.75}
+    assert back.results[0].header["metadata"] == {"t": [1, 2]} and back.results[0].meas_level == 2
 
 
 def test_failed_simulation_raises_with_the_simulators_message(
