@@ -28,6 +28,7 @@ from qiskit.circuit import (
     SwitchCaseOp,
     WhileLoopOp,
 )
+from qiskit.circuit.controlflow import CONTROL_FLOW_OP_NAMES
 from qiskit.circuit.library import get_standard_gate_name_mapping
 from qiskit.providers import BackendV2, JobStatus, JobV1, Options
 from qiskit.providers.fake_provider import GenericBackendV2
@@ -258,48 +259,67 @@ def failure_message(data: Mapping[str, Any]) -> str:
 
 def _blocks(instruction: CircuitInstruction) -> tuple[QuantumCircuit, ...]:
     """The circuit blocks of a control-flow instruction; () for any other (without building
-    a standard gate's Python object)."""
-    if instruction.is_standard_gate():
+    a gate's Python object)."""
+    if instruction.name not in CONTROL_FLOW_OP_NAMES:
         return ()
     return tuple(getattr(instruction.operation, "blocks", ()))
 
 
 def _unsupported(target: Target, circuit: QuantumCircuit,
                  qubit_map: Sequence[int] | None = None,
-                 supported: set[tuple[str, tuple[int, ...]]] | None = None) -> str | None:
+                 supported: set[tuple[str, Any]] | None = None,
+                 anywhere: dict[str, bool] | None = None) -> str | None:
     """Why the target cannot run the circuit as it stands, or None if it can.
 
-    `supported` remembers the (name, qubits) pairs already found supported (the Target's
-    answer depends on nothing else), so that a repeated gate is looked up once.
+    `supported` remembers what was already found supported, so that a repeated gate is looked
+    up once: (name, qubits), or (name, arity) for an operation the Target has on any qubits
+    (`anywhere`: per name), whose answer depends on nothing else once the circuit fits the
+    device's width.
     """
     if supported is None:
         supported = set()
-    index = {qubit: i for i, qubit in enumerate(circuit.qubits)}
+    if anywhere is None:
+        anywhere = {}
+    index: dict[Any, int] | None = None
     for instruction in circuit.data:
         name = instruction.name    # not .operation: that builds a Python gate object per call
         if name == "barrier":
             continue
-        qubits = tuple(index[qubit] for qubit in instruction.qubits)
-        if qubit_map is not None:
-            qubits = tuple(qubit_map[q] for q in qubits)
-        if (name, qubits) not in supported:
+        on_any = anywhere.get(name)
+        if on_any is None:
+            on_any = anywhere[name] = name in target and \
+                target.qargs_for_operation_name(name) is None
+        key: tuple[str, Any] | None = (name, len(instruction.qubits)) if on_any else None
+        qubits: tuple[int, ...] | None = None
+        if key is None or key not in supported or name in CONTROL_FLOW_OP_NAMES:
+            if index is None:
+                index = {qubit: i for i, qubit in enumerate(circuit.qubits)}
+            qubits = tuple(index[qubit] for qubit in instruction.qubits)
+            if qubit_map is not None:
+                qubits = tuple(qubit_map[q] for q in qubits)
+            if key is None:
+                key = (name, qubits)
+        if key not in supported:
+            assert qubits is not None
             if not target.instruction_supported(name, qubits):
                 hint = ""
                 if name.startswith(("save_", "set_")):
                     hint = " (an Aer instruction: run it on an aer device)"
                 where = f" on qubits {list(qubits)}" if name in target else ""
                 return f"{name!r}{where} is not supported{hint}"
-            supported.add((name, qubits))
-        for block in _blocks(instruction):
-            reason = _unsupported(target, block, qubits, supported)
-            if reason:
-                return reason
+            supported.add(key)
+        if qubits is not None:
+            for block in _blocks(instruction):
+                reason = _unsupported(target, block, qubits, supported, anywhere)
+                if reason:
+                    return reason
     return None
 
 
 def check_fits(target: Target, device: str, circuits: Sequence[QuantumCircuit]) -> None:
     """Refuse circuits wider than the device or using what its Target lacks (not transpiled)."""
-    supported: set[tuple[str, tuple[int, ...]]] = set()
+    supported: set[tuple[str, Any]] = set()
+    anywhere: dict[str, bool] = {}
     for i, circuit in enumerate(circuits):
         if circuit.num_qubits > (target.num_qubits or 0):
             raise InvalidInput(
@@ -313,7 +333,7 @@ def check_fits(target: Target, device: str, circuits: Sequence[QuantumCircuit]) 
                 f"circuit {circuit.name!r} has unbound parameters ({names}); assign them first",
                 field=f"circuits[{i}]",
             )
-        reason = _unsupported(target, circuit, supported=supported)
+        reason = _unsupported(target, circuit, supported=supported, anywhere=anywhere)
         if reason:
             raise InvalidInput(
                 f"circuit {circuit.name!r} cannot run on device {device}: {reason}; "
@@ -340,6 +360,11 @@ def _mark_subtypes(circuit: QuantumCircuit) -> QuantumCircuit:
 
 
 def _has_saves(circuit: QuantumCircuit) -> bool:
+    names = circuit.count_ops()      # counted without building the instructions
+    if any(name.startswith("save_") for name in names):
+        return True
+    if not CONTROL_FLOW_OP_NAMES.intersection(names):
+        return False
     for instruction in circuit.data:
         if instruction.name.startswith("save_") or any(
                 _has_saves(b) for b in _blocks(instruction)):

@@ -388,6 +388,20 @@ def test_non_isa_circuit_is_refused(transport: InProcessTransport,
     opaque.append(Gate("mystery", 2, []), [0, 1])
     with pytest.raises(InvalidInput, match="mystery"):
         backend_for("aer_simulator", transport).run(opaque)
+    # a gate that takes a standard name on more qubits is refused, also after the real one
+    fake_h = QuantumCircuit(2)
+    fake_h.h(0)
+    fake_h.append(Gate("h", 2, []), [0, 1])
+    with pytest.raises(InvalidInput, match=r"'h' on qubits \[0, 1\]"):
+        backend_for("aer_simulator", transport).run(fake_h)
+    # inside a control-flow block, couplings count on the qubits the block is laid on
+    branch = QuantumCircuit(133, 1)
+    branch.measure(0, 0)
+    with branch.if_test((branch.clbits[0], 1)):
+        branch.cz(0, 1)
+        branch.cz(0, 2)
+    with pytest.raises(InvalidInput, match=r"'cz' on qubits \[0, 2\]"):
+        backend_for("fake_torino", transport).run(branch)
     from qiskit.circuit import Parameter
 
     theta = QuantumCircuit(1)
