@@ -43,6 +43,12 @@ class Client(FilesMixin):
         self.url, self.token = config.resolve(url, token)
         self.timeout = timeout
         self.session = requests.Session()
+        # Proxies and the CA bundle from the environment, read once for the service's URL
+        # rather than on every request (a quantum task is two requests).
+        found = self.session.merge_environment_settings(self.url, {}, None, None, None)
+        self.session.trust_env = False
+        self.session.proxies.update(found["proxies"])
+        self.session.verify = found["verify"]
         if self.token:
             self.session.headers["Authorization"] = f"Bearer {self.token}"
 

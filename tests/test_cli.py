@@ -59,6 +59,21 @@ def test_no_service_is_a_friendly_message(monkeypatch: pytest.MonkeyPatch) -> No
     assert isinstance(caught.value, ServiceUnavailable)       # one exception tree
 
 
+def test_a_client_goes_through_the_proxy_the_environment_names(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # read once when the Client is made, not on every request; NO_PROXY still counts
+    proxy = f"http://127.0.0.1:{free_port()}"          # nothing listens there
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    via_proxy = Client(url="http://qhybrid.example:8000", token="qh_x")
+    with pytest.raises(ServiceUnreachable):
+        via_proxy.jobs()
+    assert via_proxy.session.proxies.get("http") == proxy
+    monkeypatch.setenv("NO_PROXY", "qhybrid.example")
+    assert "http" not in Client(url="http://qhybrid.example:8000", token="qh_x").session.proxies
+
+
 def test_run_submit_and_follow_a_job(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src = tmp_path / "prog"
     write_program(src, PROGRAM)
