@@ -17,6 +17,7 @@ from __future__ import annotations
 from functools import cache
 
 from qiskit.circuit import Instruction, QuantumCircuit
+from qiskit.circuit.controlflow import CONTROL_FLOW_OP_NAMES
 
 from qhybrid.backend import SUBTYPE_MARK
 
@@ -69,5 +70,8 @@ def _restore(circuit: QuantumCircuit) -> None:
 def restore_save_instructions(circuits: list[QuantumCircuit]) -> list[QuantumCircuit]:
     """Give Aer's save instructions that came through QPY the subtype Aer reads (in place)."""
     for circuit in circuits:
-        _restore(circuit)
+        names = circuit.count_ops()     # counted without building the instructions
+        if any(name.startswith("save_") for name in names) or \
+                CONTROL_FLOW_OP_NAMES.intersection(names):
+            _restore(circuit)
     return circuits

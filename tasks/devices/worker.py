@@ -285,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--name", default="device",
                         help="a label for this worker in its logs [default: device]")
     args = parser.parse_args(argv)
+    # Idle OpenMP threads would otherwise spin after every simulation, taking cores from the
+    # web app and job workers on the same host (on 2 cores: 5-qubit tasks 2.5 ms -> 10-20 ms).
+    # OpenMP reads it when aer loads: before anything here imports aer (served_here may).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         require_shared(role="device worker")
     except MissingSharedSettings as exc:
@@ -300,10 +304,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             check_host(registry.get(n))   # a GPU device on a host without one: refused
     os.environ.setdefault("QHYBRID_DEVICE_THREADS",
                           str(device_threads(settings, args.concurrency)))
-    # Idle OpenMP threads would otherwise spin after every simulation, taking cores from the
-    # web app and job workers on the same host (on 2 cores: 5-qubit tasks 2.5 ms -> 10-20 ms).
-    # Read when aer's OpenMP loads, below.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     note_starting(settings.redis_url, [device_queue(n) for n in names])
     logging.basicConfig(level=logging.WARNING,
                         format=f"%(asctime)s %(levelname)s {args.name}: %(message)s")
