@@ -15,6 +15,7 @@ the host's cores (QHYBRID_DEVICE_THREADS unset) and OMP_WAIT_POLICY=PASSIVE, whi
 worker sets for itself (idle OpenMP threads must not spin on cores the web app needs).
 
     python -m benchmarks.device_overhead [--repeats 7] [--small 200]
+    python benchmarks/device_overhead.py [--repeats 7] [--small 200]
 """
 
 from __future__ import annotations
@@ -22,15 +23,19 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 
-from qiskit import QuantumCircuit, transpile
-from qiskit.circuit.random import random_circuit
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run as a script, too
 
-from benchmarks.harness import running_service
-from qhybrid import Client
+from qiskit import QuantumCircuit, transpile  # noqa: E402
+from qiskit.circuit.random import random_circuit  # noqa: E402
+
+from benchmarks.harness import running_service  # noqa: E402
+from qhybrid import Client  # noqa: E402
 
 SHOTS = 1024
 
