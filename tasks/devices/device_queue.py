@@ -91,31 +91,33 @@ def enqueue(pipe: Any, device: str, priority: str, task_id: str, created: float)
 
 class DeviceQueue:
     """The queues of the devices one runner serves, over one Redis connection (strings
-    decoded)."""
+    decoded). A runner waits for a wake token (`wait`), then takes from that device (`take`);
+    after a wait that timed out it looks at every device, in case a token went missing."""
 
     def __init__(self, r: Any, devices: Sequence[str], worker: str, runner: str) -> None:
+        from tasks.core.monitoring import QTASKS_KEY
+
         self.r = r
         self.devices = list(devices)
         self.worker = worker
         self.runner = runner
         self._take = r.register_script(_TAKE)
+        self._head = [d.RUNNING_QTASKS_KEY, QTASKS_KEY, taken_key(runner)]
+        self._keys = {name: [queued_key(name, PRIORITY), queued_key(name, NORMAL),
+                             d.DEVICE_WAKE_KEY.format(device=name),
+                             d.DEVICE_RUNS_KEY.format(device=name)] for name in self.devices}
+        self._wake = {d.DEVICE_WAKE_KEY.format(device=name): name for name in self.devices}
         self._turn = 0
 
-    def take(self) -> tuple[dict[str, str], str | None] | None:
-        """The next task (its flat record, now RUNNING here, and its payload when kept in
-        Redis), or None when every queue is empty. Devices take turns to be looked at first."""
-        from tasks.core.monitoring import QTASKS_KEY
-
-        n = len(self.devices)
-        order = [self.devices[(self._turn + i) % n] for i in range(n)]
-        self._turn = (self._turn + 1) % n
-        keys = [d.RUNNING_QTASKS_KEY, QTASKS_KEY, taken_key(self.runner)]
-        for device in order:
-            keys += [queued_key(device, PRIORITY), queued_key(device, NORMAL),
-                     d.DEVICE_WAKE_KEY.format(device=device),
-                     d.DEVICE_RUNS_KEY.format(device=device)]
+    def take(self, device: str | None = None) -> tuple[dict[str, str], str | None] | None:
+        """The next task of `device` (None: of any device), its flat record now RUNNING here
+        and its payload when kept in Redis; None when there is none."""
         import time
 
+        order = [device] if device is not None else self.devices
+        keys = list(self._head)
+        for name in order:
+            keys += self._keys[name]
         got = self._take(keys=keys, args=[d.QTASK_KEY.format(task_id=""),
                                           d.QTASK_KEY.format(task_id=""), repr(time.time()),
                                           d.DEVICE_RUNS_KEPT, self.worker, self.runner, *order])
@@ -124,10 +126,14 @@ class DeviceQueue:
         _, flat, payload = got
         return dict(zip(flat[::2], flat[1::2], strict=True)), payload
 
-    def wait(self, timeout: float) -> None:
-        """Block until a task may have been queued on one of the devices, or `timeout`."""
-        self.r.blpop([d.DEVICE_WAKE_KEY.format(device=n) for n in self.devices],
-                     timeout=max(0.01, timeout))
+    def wait(self, timeout: float) -> str | None:
+        """The device a task may have been queued on (its wake token), or None after
+        `timeout`. Devices take turns to be looked at first, so that none waits behind a
+        busy one."""
+        names = list(self._wake)
+        self._turn = (self._turn + 1) % len(names)
+        got = self.r.blpop(names[self._turn:] + names[:self._turn], timeout=max(0.01, timeout))
+        return self._wake[got[0]] if got else None
 
 
 def taken_key(runner: str) -> str:

@@ -113,12 +113,11 @@ def _runner_main(settings: Settings, devices: list[str], worker: str, runner: st
     queue = DeviceQueue(services.registry.r, devices, worker, runner)
     while True:
         try:
-            got = queue.take()
-            if got is None:
-                queue.wait(d.DEVICE_WAIT_S)
-                continue
-            flat, inline = got
-            run_taken(services, task_record(flat), inline)
+            # woken for one device, take from it; after a quiet spell, look at them all
+            got = queue.take(queue.wait(d.DEVICE_WAIT_S))
+            if got is not None:
+                flat, inline = got
+                run_taken(services, task_record(flat), inline)
         except Exception:
             log.exception("device runner %s: taking or running a task failed", runner)
             time.sleep(d.DEVICE_WAIT_S)   # Redis away, say: try again, not in a tight loop
