@@ -69,6 +69,8 @@ VALUE_KEY = "__value__"
 
 #: Upper bound on the size of one decompressed QPY blob (guards against zlib bombs).
 MAX_INFLATED_BYTES = 1 << 30
+#: QPY up to this size is compressed with zlib's fastest level.
+_FAST_DEFLATE_BYTES = 4 << 20
 
 _SUPPORTED = "return JSON types, numpy arrays, QuantumCircuit, SparsePauliOp or complex"
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -526,7 +528,10 @@ def _dump_qpy(circuits: list[QuantumCircuit]) -> str:
 
     buffer = io.BytesIO()
     qpy.dump(circuits, buffer)
-    return _b64(zlib.compress(buffer.getvalue()))
+    raw = buffer.getvalue()
+    # zlib's fastest level up to a few MiB (a third of the time, a larger but still small
+    # payload); its default beyond, where the size limit of a task's payload matters more
+    return _b64(zlib.compress(raw, 1 if len(raw) <= _FAST_DEFLATE_BYTES else 6))
 
 
 def _load_qpy(text: str | bytes) -> list[QuantumCircuit]:
