@@ -53,8 +53,8 @@ def make_celery(settings: Settings) -> Celery:
         if set(app.conf.accept_content) != {"json"}:
             raise RuntimeError("workers run as root accept JSON messages only")
         warnings.filterwarnings("ignore", message=ROOT_WARNING)
-    # the modules that define the job and distributed-task tasks (device workers import
-    # tasks.devices.worker themselves)
+    # the modules that define the job and distributed-task tasks (device workers are not
+    # Celery workers: tasks.devices.worker)
     app.autodiscover_tasks(["tasks.jobs"], related_name="run", force=True)
     app.autodiscover_tasks(["tasks.distributed"], related_name="tasks", force=True)
     return app

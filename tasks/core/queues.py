@@ -1,4 +1,7 @@
-"""Queue names, defined once: whole jobs, distributed tasks and quantum tasks never share a queue."""
+"""Queue names, defined once: whole jobs, distributed tasks and quantum tasks never share a queue.
+
+Quantum tasks are not Celery messages: `device.<name>` names a device's queue in Redis
+(tasks.devices.device_queue) and is what a device worker's presence says it serves."""
 
 from __future__ import annotations
 
@@ -13,17 +16,10 @@ if TYPE_CHECKING:
     from tasks.core.registry import Registry
 
 RUN_JOB_TASK = "qhybrid.run_job"
-RUN_QUANTUM_TASK = "qhybrid.run_quantum_task"
 RUN_TASK = "qhybrid.run_task"              # one distributed task (sent again after a loss)
 RUN_TASKS = "qhybrid.run_tasks"            # many: a batch's group of messages, each naming a chunk
 RUN_MAP_TASK = "qhybrid.run_map_task"      # a map task of a map_reduce chord (result kept)
 REDUCE_TASK = "qhybrid.reduce_task"        # the chord body: the reduce of a map_reduce
-
-# Quantum-task message priorities. Celery's Redis transport keeps one list per priority step
-# and its BRPOP names them lowest number first, so 0 is served before 9 (and a message without
-# a priority counts as 0). Tasks of the job holding a device go first.
-HOLDER_PRIORITY = 0
-STANDALONE_PRIORITY = 9
 
 
 def jobs_queue(resource_class: str) -> str:

@@ -203,9 +203,6 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     except MissingSharedSettings as exc:
         raise SystemExit(str(exc)) from None   # loud: Celery goes on after an Exception
     make_undumpable()   # our environment holds credentials: not for user code to read
-    consumed = list(sender.app.amqp.queues.consume_from or {}) if sender is not None else []
-    if consumed and all(q.startswith("device.") for q in consumed):
-        return      # a device worker (tasks.devices.worker) runs no user code
     try:
         sandbox.check_host()    # a worker that cannot sandbox user code takes no job
     except SandboxUnavailable as exc:
