@@ -86,6 +86,21 @@ def test_user_flow_every_status_typed_result_and_model(any_service: RunningServi
         assert tar.extractfile("note.txt").read() == b"written by the job"  # type: ignore[union-attr]
 
 
+def test_a_status_set_by_the_first_line_is_kept(client: Client, tmp_path: Path) -> None:
+    # given a program whose very first line sets a sub-status (a sandbox made ready before
+    # the job starts it at once)
+    src = "from qhybrid import update_status, save_result\nsave_result(update_status('MAPPING'))\n"
+    program = client.upload(Program(title="first-line", entrypoint="main.py",
+                                    working_dir=write_program(tmp_path, src)))
+    for _ in range(5):
+        # when it runs, then the status is taken, every time, and shows in its events
+        job = program.run()
+        assert job.result(timeout=60) is True
+        assert "RUNNING: MAPPING" in [
+            e["status"] + (f": {e['sub_status']}" if e.get("sub_status") else "")
+            for e in job.events()]
+
+
 def test_failing_program_reports_exception_and_traceback(client: Client, tmp_path: Path) -> None:
     src = "def inner():\n    raise ValueError('bad input value 42')\n\ninner()\n"
     job = client.upload(Program(title="fails", entrypoint="main.py",
@@ -127,7 +142,11 @@ def test_cancel_while_running_kills_the_process_tree(service: RunningService, cl
            "print('started', flush=True)\ntime.sleep(300)\n")
     job = client.upload(Program(title="tree", entrypoint="main.py",
                                 working_dir=write_program(tmp_path / "src", src))).run()
-    pids = wait_until(lambda: len(found := job_processes(job.job_id)) >= 2 and found, timeout=30)
+    # the job's own line is out, so its child runs too (a sandbox made ready before the job
+    # has processes in the job's cgroup before the job's code starts)
+    wait_until(lambda: "started" in job.logs(), timeout=30)
+    pids = job_processes(job.job_id)
+    assert len(pids) >= 2
     started = time.monotonic()
     job.cancel()
     wait_until(lambda: not any(_alive(p) for p in pids), timeout=5)

@@ -233,13 +233,14 @@ class Supervisor:
         box = self.sandbox
         assert box is not None
         warm_parent()
+        # RUNNING before the user's first line runs: what that line asks for (a sub-status,
+        # `RUNNING: MAPPING`) is only taken from a running job
+        if not self.registry.transition(self.job_id, d.RUNNING, allowed=[d.INITIALIZING],
+                                        started=time.time()):
+            return d.CANCELED, ""      # canceled while it was prepared: it never starts
         proc = box.spawn(spec)
         self.usage.follow(proc.pid)
         self.registry.set_fields(self.job_id, pid=proc.pid)
-        if not self.registry.transition(self.job_id, d.RUNNING, allowed=[d.INITIALIZING],
-                                        started=time.time()):
-            box.kill()
-            return d.CANCELED, ""
         deadline = time.monotonic() + int(self.job.get("max_runtime") or self.settings.max_runtime_s)
         last_beat = 0.0
         outcome: tuple[str, str] | None = None
