@@ -96,9 +96,8 @@ def test_a_status_set_by_the_first_line_is_kept(client: Client, tmp_path: Path) 
         # when it runs, then the status is taken, every time, and shows in its events
         job = program.run()
         assert job.result(timeout=60) is True
-        assert "RUNNING: MAPPING" in [
-            e["status"] + (f": {e['sub_status']}" if e.get("sub_status") else "")
-            for e in job.events()]
+        assert ("RUNNING", "MAPPING") in [(e["status"], e.get("sub_status"))
+                                          for e in job.events()]
 
 
 def test_failing_program_reports_exception_and_traceback(client: Client, tmp_path: Path) -> None:
