@@ -10,33 +10,35 @@ smallest of its classes allows.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from qhybrid.resources import load_classes
 from tasks.core.presence import note_starting
 from tasks.core.queues import jobs_queue, tasks_queue
-from tasks.core.settings import (
-    MissingSharedSettings,
-    Settings,
-    require_shared,
-    worker_event_flags,
-)
+from tasks.core.settings import MissingSharedSettings, Settings, require_shared
 
 
-def worker_argv(kind: str, resource_class: str, concurrency: int,
-                name: str | None = None) -> list[str]:
-    """`resource_class` is one class or several, comma-separated."""
+def worker_options(kind: str, resource_class: str, concurrency: int,
+                   name: str | None = None) -> dict[str, Any]:
+    """The Celery worker's options (`app.Worker`); `resource_class` is one class or several,
+    comma-separated."""
+    from celery.utils.nodenames import default_nodename, host_format
+
     classes = [c for c in resource_class.split(",") if c]
     queue_of = jobs_queue if kind == "jobs" else tasks_queue
     # jobs workers keep the bare class name as node name: `small@host` consumes jobs.small
     joined = "-".join(classes)
     node = name or (joined if kind == "jobs" else f"tasks-{joined}")
-    return [sys.executable, "-m", "celery", "-A", "tasks.core.celery_app", "worker",
-            "--queues", ",".join(queue_of(c) for c in classes), "--hostname", f"{node}@%h",
-            "--pool", "threads", "--concurrency", str(concurrency), "--loglevel", "WARNING",
-            "--without-gossip", "--without-mingle", *worker_event_flags()]
+    # With task events on (Flower, `celery events`), workers also send heartbeats, so
+    # monitors see them online; without, neither.
+    events = Settings.from_env().task_events
+    return {"queues": [queue_of(c) for c in classes],
+            "hostname": host_format(default_nodename(f"{node}@%h")),
+            "pool_cls": "threads", "concurrency": concurrency, "loglevel": "WARNING",
+            "without_gossip": True, "without_mingle": True,
+            "task_events": events, "without_heartbeat": not events}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -61,10 +63,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"unknown resource class {','.join(unknown)!r}; classes: "
                      f"{', '.join(classes)}")
     slots = args.concurrency or max(classes[c].slots() for c in wanted)
-    command = worker_argv(args.kind, args.resource_class, slots, args.name)
-    queue_of = jobs_queue if args.kind == "jobs" else tasks_queue
-    note_starting(Settings.from_env().redis_url, [queue_of(c) for c in wanted])
-    os.execv(command[0], command)
+    options = worker_options(args.kind, args.resource_class, slots, args.name)
+    note_starting(Settings.from_env().redis_url, options["queues"])
+    # Celery's worker itself, in this process: its command line would first load every
+    # installed Celery plugin (Flower's web app among them) and start a second interpreter.
+    from tasks.core.celery_app import app
+
+    worker = app.Worker(**options)
+    worker.start()
+    sys.exit(worker.exitcode)
 
 
 if __name__ == "__main__":

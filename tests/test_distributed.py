@@ -7,6 +7,7 @@ the task records in Redis and the processes on this machine (the workers' side).
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from qiskit.circuit.random import random_circuit
 
 from qhybrid import Client, Job, Program
 from tasks.core import defaults as d
-from tests.conftest import RunningService, job_processes, wait_until, write_program
+from tests.conftest import SHARED, RunningService, job_processes, wait_until, write_program
 
 
 def run_program(client: Client, tmp: Path, source: str, files: dict[str, str] | None = None,
@@ -593,7 +594,10 @@ from qhybrid import map_reduce, save_result
 
 def slow(x):
     if x == 0:
-        time.sleep(20)
+        with open(MARKER, "a") as fh:     # one line per run of this map
+            fh.write("run\\n")
+        if len(open(MARKER).readlines()) == 1:
+            time.sleep(120)               # the first run is killed with its worker
     return x + 1
 
 save_result(map_reduce(slow, range(4), sum))
@@ -611,7 +615,9 @@ def test_a_map_whose_worker_is_lost_runs_again_and_its_reduce_follows(
                             classes=["small"])
     try:
         # given a map_reduce whose one slow map is running, the others done
-        job = run_program(running.client(), tmp_path, MAP_LOST)
+        marker = SHARED / f"map-lost-{uuid.uuid4().hex}"
+        job = run_program(running.client(), tmp_path,
+                          f"MARKER = {str(marker)!r}\n" + MAP_LOST)
 
         def slow_map_running() -> bool:
             maps = [t for t in job.tasks() if t.get("kind") == "map"]
@@ -628,6 +634,7 @@ def test_a_map_whose_worker_is_lost_runs_again_and_its_reduce_follows(
         assert result_of(job, timeout=150) == 1 + 2 + 3 + 4
         maps = [t for t in job.tasks() if t.get("kind") == "map"]
         assert all(t["status"] == "DONE" for t in maps)
+        assert marker.read_text() == "run\nrun\n"       # the lost run, then the one that ended
     finally:
         running.service.stop()
 

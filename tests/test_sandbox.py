@@ -245,8 +245,8 @@ def test_limits_hold_for_the_whole_process_tree(service: RunningService, tmp_pat
 
 def test_many_trivial_jobs_from_many_threads_all_end_done(service: RunningService,
                                                           tmp_path: Path) -> None:
-    # given 1500 trivial jobs submitted from 50 threads (QHYBRID_TEST_LOAD_JOBS to change)
-    total = int(os.environ.get("QHYBRID_TEST_LOAD_JOBS", "1500"))
+    # given 500 trivial jobs submitted from 50 threads (QHYBRID_TEST_LOAD_JOBS to change)
+    total = int(os.environ.get("QHYBRID_TEST_LOAD_JOBS", "500"))
     client = service.client()
     program = client.upload(Program(title="trivial", entrypoint="main.py", working_dir=write_program(
         tmp_path / "trivial", "from qhybrid import save_result\nsave_result({'ok': True})\n")))
@@ -340,7 +340,7 @@ def test_sandbox_off_runs_user_code_unsandboxed_and_says_so(tmp_path: Path,
 
     # given a service an operator started with QHYBRID_SANDBOX=off (a single-user laptop)
     running = start_service(tmp_path / "svc", redis_server, "file", None, db=13,
-                            extra_env={"QHYBRID_SANDBOX": "off"})
+                            extra_env={"QHYBRID_SANDBOX": "off"}, classes=["small"])
     try:
         # when a job looks around
         job = _run(running.client(), tmp_path, "unboxed",

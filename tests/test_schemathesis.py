@@ -26,7 +26,7 @@ def test_schemathesis_finds_no_disagreement(service: RunningService, tmp_path: P
         [str(Path(sys.executable).with_name("schemathesis")), "run",
          f"{service.url}/api/v1/openapi.json", "--header", f"Authorization: Bearer {token}",
          "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-         "--exclude-path", "/healthz", "--max-examples", "5", "--max-time", "40",
+         "--exclude-path", "/healthz", "--max-examples", "5", "--max-time", "20",
          "--seed", "1", "--no-shrink", "--workers", "1", "--request-timeout", "30",
          "--report-dir", str(tmp_path)],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)

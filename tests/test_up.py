@@ -63,7 +63,7 @@ def test_up_serves_stops_and_restarts_with_everything_kept(start_up: Start,
         assert bob.jobs() == []
         # a worker that crashes is started again, and jobs keep running
         worker = next(p for p in psutil.Process(up.pid).children(recursive=True)
-                      if "jobs.small" in " ".join(p.cmdline()))
+                      if "tasks.worker jobs small" in " ".join(p.cmdline()))
         worker.kill()
         assert program.run().result(timeout=90) == {"kept": [1, 2]}
         # a job still running when the service stops runs again after the restart

@@ -110,9 +110,3 @@ def require_shared(env: os._Environ[str] | dict[str, str] | None = None, role: s
 # Environment variables that hold credentials or the way to them: never given to user code.
 SECRET_ENV_PREFIXES = ("QHYBRID_REDIS", "QHYBRID_STORAGE", "QHYBRID_S3", "QHYBRID_SECRET",
                        "AWS_", "QHYBRID_TOKEN", "QHYBRID_URL")
-
-
-def worker_event_flags() -> list[str]:
-    """With task events on (Flower, `celery events`), workers also send heartbeats, so
-    monitors see them online; without, neither."""
-    return ["--task-events"] if Settings.from_env().task_events else ["--without-heartbeat"]
